@@ -1,0 +1,36 @@
+"""A light Celery client: the API enqueues tasks by name and never imports worker/ or torch."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+from kombu import Connection
+
+from core.settings import Settings
+
+TRAINING_QUEUE = "training"
+DEFAULT_QUEUE = "default"
+
+
+@lru_cache(maxsize=4)
+def _client(broker_url: str, backend: str, visibility_timeout_s: int) -> Celery:
+    app = Celery("prospect-api", broker=broker_url, backend=backend)
+    app.conf.broker_transport_options = {"visibility_timeout": visibility_timeout_s}
+    app.conf.task_default_queue = DEFAULT_QUEUE
+    return app
+
+
+def celery_client(settings: Settings) -> Celery:
+    return _client(settings.celery_broker_url, settings.celery_result_backend, settings.visibility_timeout_s)
+
+
+def send_task(settings: Settings, name: str, *, args: list | None = None, queue: str = DEFAULT_QUEUE) -> str:
+    result = celery_client(settings).send_task(name, args=args or [], queue=queue)
+    return result.id
+
+
+def check_broker(settings: Settings, timeout_s: float = 2.0) -> None:
+    """Raise if the broker cannot be reached within ``timeout_s``."""
+    with Connection(settings.celery_broker_url, connect_timeout=timeout_s) as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout_s)

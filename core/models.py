@@ -1,0 +1,266 @@
+"""SQLAlchemy 2 tables. The schema changes only through migrations/.
+
+Raw feedback events are append-only: a re-vote adds an event and moves the
+counted vote; a retraction marks the event. ``votes`` holds the one counted
+vote per (voter, prompt+response) pair, so stats and snapshots read one small
+row per judgement instead of replaying history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BIGINT on Postgres, INTEGER on SQLite (where only INTEGER PRIMARY KEY autoincrements).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class FeedbackEvent(Base):
+    __tablename__ = "feedback_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(200), unique=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    messages: Mapped[list[Any] | None]
+    # sha256 of the canonical prompt (text or messages) and of (prompt, response).
+    prompt_key: Mapped[str] = mapped_column(String(64))
+    pair_key: Mapped[str] = mapped_column(String(64), index=True)
+    response: Mapped[str] = mapped_column(Text)
+    label: Mapped[bool] = mapped_column(Boolean)
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    conversation_id: Mapped[str | None] = mapped_column(String(200))
+    response_id: Mapped[str | None] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(200))
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retracted_at: Mapped[datetime | None]
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+
+
+class Vote(Base):
+    """The counted vote of one voter on one (prompt, response) pair."""
+
+    __tablename__ = "votes"
+    __table_args__ = (
+        UniqueConstraint("voter_key", "pair_key", name="uq_votes_voter_pair"),
+        Index("ix_votes_created_at", "created_at"),
+        Index("ix_votes_model", "model"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # user_id when given; otherwise the event id, so anonymous votes never merge.
+    voter_key: Mapped[str] = mapped_column(String(220))
+    pair_key: Mapped[str] = mapped_column(String(64))
+    prompt_key: Mapped[str] = mapped_column(String(64))
+    event_pk: Mapped[int] = mapped_column(ForeignKey("feedback_events.id", ondelete="CASCADE"), unique=True)
+    label: Mapped[bool] = mapped_column(Boolean)
+    model: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Snapshot(Base):
+    __tablename__ = "snapshots"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    filters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cutoff: Mapped[datetime]
+    n_rows: Mapped[int] = mapped_column(default=0)
+    n_desirable: Mapped[int] = mapped_column(default=0)
+    n_undesirable: Mapped[int] = mapped_column(default=0)
+    path: Mapped[str | None] = mapped_column(String(500))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BaseModelRecord(Base):
+    __tablename__ = "base_models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(String(1000))
+    revision: Mapped[str | None] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str] = mapped_column(String(64))
+    architecture: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingPolicy(Base):
+    __tablename__ = "training_policies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    adapter_name: Mapped[str] = mapped_column(String(200))
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    min_new_feedback: Mapped[int] = mapped_column(default=100)
+    min_interval_minutes: Mapped[int] = mapped_column(default=60)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    snapshot_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    last_job_id: Mapped[str | None] = mapped_column(String(32))
+    last_triggered_at: Mapped[datetime | None]
+    last_vote_watermark: Mapped[int] = mapped_column(BigId, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class AlignmentJob(Base):
+    __tablename__ = "alignment_jobs"
+    __table_args__ = (
+        # At most one running job per adapter: enforced by the database itself.
+        Index(
+            "uq_jobs_one_running_per_adapter",
+            "adapter_name",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("ix_jobs_status", "status"),
+        Index("ix_jobs_adapter_created", "adapter_name", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    adapter_name: Mapped[str] = mapped_column(String(200))
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    snapshot_id: Mapped[str | None] = mapped_column(ForeignKey("snapshots.id"))
+    policy_id: Mapped[str | None] = mapped_column(ForeignKey("training_policies.id", ondelete="SET NULL"))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    snapshot_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    force_publish: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    progress_step: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int] = mapped_column(default=0)
+    metrics: Mapped[dict[str, Any] | None]
+    eval_metrics: Mapped[dict[str, Any] | None]
+    n_desirable: Mapped[int | None]
+    n_undesirable: Mapped[int | None]
+    class_weights: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=3)
+    celery_task_id: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    adapter_version_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobMetric(Base):
+    __tablename__ = "job_metrics"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("alignment_jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(primary_key=True)
+    metrics: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdapterVersion(Base):
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("adapter_name", "version", name="uq_adapter_versions_name_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    adapter_name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int]
+    path: Mapped[str] = mapped_column(String(1000))
+    manifest: Mapped[dict[str, Any]]
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    snapshot_id: Mapped[str | None] = mapped_column(ForeignKey("snapshots.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdapterAlias(Base):
+    __tablename__ = "adapter_aliases"
+
+    adapter_name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AliasHistory(Base):
+    __tablename__ = "adapter_alias_history"
+    __table_args__ = (Index("ix_alias_history_name_alias", "adapter_name", "alias"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    adapter_name: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str] = mapped_column(String(100))
+    from_version: Mapped[int | None]
+    to_version: Mapped[int]
+    moved_by: Mapped[str | None] = mapped_column(String(200))
+    moved_at: Mapped[datetime] = mapped_column(default=utcnow)

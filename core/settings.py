@@ -1,0 +1,102 @@
+"""The one typed Settings object: the only reader of the environment.
+
+Every value comes from an environment variable with the ``PROSPECT_`` prefix
+(or a ``.env`` file in the working directory). Defaults give the embedded
+runtime: a SQLite database, Celery's SQLAlchemy broker on SQLite and artifacts
+on the local disk, all under ``PROSPECT_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROSPECT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="SQLite file, broker file, artifacts, converted models.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite under data_dir.")
+    broker_url: str | None = Field(None, description="Celery broker; default: sqla+sqlite under data_dir.")
+    result_backend: str | None = Field(None, description="Celery result backend; default: db+sqlite under data_dir.")
+    redis_url: str | None = Field(
+        None, description="Redis for the shared rate limiter; default: the broker when it is redis://."
+    )
+    host: str = Field("127.0.0.1", description="API bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="API port.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    # Ingestion limits.
+    max_text_bytes: int = Field(64 * 1024, ge=1, description="Largest prompt/response/message text (UTF-8 bytes).")
+    max_batch_events: int = Field(1000, ge=1, description="Most events in one batch request.")
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_metadata_bytes: int = Field(16 * 1024, ge=2, description="Largest serialised metadata object.")
+    max_metadata_depth: int = Field(8, ge=1, description="Deepest nesting of metadata.")
+    rate_limit_per_second: float = Field(2000.0, gt=0, description="Sustained requests/s per API key.")
+    rate_limit_burst: int = Field(4000, ge=1, description="Burst size of the per-key token bucket.")
+
+    # Worker and jobs.
+    job_max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it ends failed.")
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="How often a running job proves it is alive.")
+    heartbeat_timeout_s: float = Field(300.0, gt=0, description="A running job silent this long is reaped.")
+    reaper_interval_s: float = Field(60.0, gt=0, description="How often beat runs the reaper.")
+    policy_interval_s: float = Field(60.0, gt=0, description="How often beat checks training policies.")
+    visibility_timeout_s: int = Field(
+        48 * 3600, ge=60, description="Redis/SQS redelivery timeout; must exceed the longest job."
+    )
+    checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
+    bundled_model_name: str = Field("smollm2-135m-instruct", description="Name the bundled base model gets.")
+    register_bundled_model: bool = Field(True, description="Convert and register the bundled model on start.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_path / "artifacts"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_path / "models"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'prospect.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_path / 'broker.db'}"
+
+    @property
+    def celery_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.celery_broker_url.startswith(("redis://", "rediss://")):
+            return self.celery_broker_url
+        return f"db+sqlite:///{self.data_path / 'results.db'}"
+
+    @property
+    def rate_limit_redis_url(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        if self.celery_broker_url.startswith(("redis://", "rediss://")):
+            return self.celery_broker_url
+        return None
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_path, self.artifacts_dir, self.models_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

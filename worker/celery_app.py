@@ -1,0 +1,65 @@
+"""The Celery application, configured from Settings.
+
+Run a worker with ``celery -A worker.celery_app worker -Q training,default``
+and beat with ``celery -A worker.celery_app beat``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery
+from kombu import Queue
+
+from core.logging import configure_logging
+from core.settings import Settings, get_settings
+
+TRAINING_QUEUE = "training"
+DEFAULT_QUEUE = "default"
+
+
+def beat_schedule(settings: Settings) -> dict:
+    return {
+        "check-training-policies": {
+            "task": "prospect.policies.tick",
+            "schedule": timedelta(seconds=settings.policy_interval_s),
+            "options": {"queue": DEFAULT_QUEUE, "expires": settings.policy_interval_s},
+        },
+        "reap-vanished-jobs": {
+            "task": "prospect.jobs.reap",
+            "schedule": timedelta(seconds=settings.reaper_interval_s),
+            "options": {"queue": DEFAULT_QUEUE, "expires": settings.reaper_interval_s},
+        },
+    }
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    app = Celery("prospect", broker=settings.celery_broker_url, backend=settings.celery_result_backend)
+    app.conf.update(
+        task_queues=(Queue(DEFAULT_QUEUE), Queue(TRAINING_QUEUE)),
+        task_default_queue=DEFAULT_QUEUE,
+        task_routes={"prospect.jobs.run": {"queue": TRAINING_QUEUE}},
+        # A task is acknowledged only after it finishes, so a killed worker's job is redelivered;
+        # the attempts counter in the database caps how often.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        result_expires=timedelta(days=1),
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule=beat_schedule(settings),
+        worker_hijack_root_logger=False,
+    )
+    app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
+    return app
+
+
+configure_logging(get_settings().log_level)
+app = create_celery()
