@@ -156,6 +156,16 @@ class BaseModelRecord(Base):
 
 class TrainingPolicy(Base):
     __tablename__ = "training_policies"
+    __table_args__ = (
+        # One live policy per adapter: two would race to train the same name.
+        Index(
+            "uq_policies_live_adapter",
+            "adapter_name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     adapter_name: Mapped[str] = mapped_column(String(200))
@@ -238,6 +248,8 @@ class AdapterVersion(Base):
     path: Mapped[str] = mapped_column(String(1000))
     manifest: Mapped[dict[str, Any]]
     manifest_sha256: Mapped[str] = mapped_column(String(64))
+    # sha256 of the deterministic .tar.gz download (its ETag), computed on first download.
+    tarball_sha256: Mapped[str | None] = mapped_column(String(64))
     job_id: Mapped[str | None] = mapped_column(String(32))
     base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
     snapshot_id: Mapped[str | None] = mapped_column(ForeignKey("snapshots.id"))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 02:45:35.146280
+Create Date: 2026-11-29 02:47:41.476048
 """
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ def upgrade() -> None:
     sa.Column('path', sa.String(length=1000), nullable=False),
     sa.Column('manifest', sa.JSON(), nullable=False),
     sa.Column('manifest_sha256', sa.String(length=64), nullable=False),
+    sa.Column('tarball_sha256', sa.String(length=64), nullable=True),
     sa.Column('job_id', sa.String(length=32), nullable=True),
     sa.Column('base_model_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('snapshot_id', sa.String(length=32), nullable=True),
@@ -137,6 +138,9 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['base_model_id'], ['base_models.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
+    with op.batch_alter_table('training_policies', schema=None) as batch_op:
+        batch_op.create_index('uq_policies_live_adapter', ['adapter_name'], unique=True, sqlite_where=sa.text('deleted_at IS NULL'), postgresql_where=sa.text('deleted_at IS NULL'))
+
     op.create_table('alignment_jobs',
     sa.Column('id', sa.String(length=32), nullable=False),
     sa.Column('adapter_name', sa.String(length=200), nullable=False),
@@ -218,6 +222,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_jobs_adapter_created')
 
     op.drop_table('alignment_jobs')
+    with op.batch_alter_table('training_policies', schema=None) as batch_op:
+        batch_op.drop_index('uq_policies_live_adapter', sqlite_where=sa.text('deleted_at IS NULL'), postgresql_where=sa.text('deleted_at IS NULL'))
+
     op.drop_table('training_policies')
     with op.batch_alter_table('feedback_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_feedback_events_pair_key'))
