@@ -207,6 +207,8 @@ class AlignmentJob(Base):
     policy_id: Mapped[str | None] = mapped_column(ForeignKey("training_policies.id", ondelete="SET NULL"))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     snapshot_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Pipeline options outside the KTO config: held-out share, gate thresholds (core.jobs.JobOptions).
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     force_publish: Mapped[bool] = mapped_column(default=False)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     cancel_requested: Mapped[bool] = mapped_column(default=False)
@@ -221,8 +223,12 @@ class AlignmentJob(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
     celery_task_id: Mapped[str | None] = mapped_column(String(200))
+    # When the last task message was sent; a queued job never sent is re-sent by the reaper.
+    enqueued_at: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None]
+    # The checkpoint step the latest attempt continued from (None: it started from scratch).
+    resumed_from_step: Mapped[int | None]
     adapter_version_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -234,6 +240,8 @@ class JobMetric(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("alignment_jobs.id", ondelete="CASCADE"), primary_key=True)
     step: Mapped[int] = mapped_column(primary_key=True)
+    # Which delivery of the job computed this step (a resumed attempt overwrites steps after its checkpoint).
+    attempt: Mapped[int] = mapped_column(default=1)
     metrics: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 02:47:41.476048
+Create Date: 2026-11-29 02:47:55.552118
 """
 from __future__ import annotations
 
@@ -149,6 +149,7 @@ def upgrade() -> None:
     sa.Column('policy_id', sa.String(length=32), nullable=True),
     sa.Column('config', sa.JSON(), nullable=False),
     sa.Column('snapshot_options', sa.JSON(), nullable=False),
+    sa.Column('options', sa.JSON(), nullable=False),
     sa.Column('force_publish', sa.Boolean(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
@@ -163,8 +164,10 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('max_attempts', sa.Integer(), nullable=False),
     sa.Column('celery_task_id', sa.String(length=200), nullable=True),
+    sa.Column('enqueued_at', core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('worker', sa.String(length=200), nullable=True),
     sa.Column('heartbeat_at', core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('resumed_from_step', sa.Integer(), nullable=True),
     sa.Column('adapter_version_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('started_at', core.models.UTCDateTime(timezone=True), nullable=True),
@@ -202,6 +205,7 @@ def upgrade() -> None:
     op.create_table('job_metrics',
     sa.Column('job_id', sa.String(length=32), nullable=False),
     sa.Column('step', sa.Integer(), nullable=False),
+    sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('metrics', sa.JSON(), nullable=False),
     sa.Column('created_at', core.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['alignment_jobs.id'], ondelete='CASCADE'),
