@@ -14,15 +14,16 @@ DEFAULT_QUEUE = "default"
 
 
 @lru_cache(maxsize=4)
-def _client(broker_url: str, backend: str, visibility_timeout_s: int) -> Celery:
+def _client(broker_url: str, backend: str, transport_options: tuple) -> Celery:
     app = Celery("prospect-api", broker=broker_url, backend=backend)
-    app.conf.broker_transport_options = {"visibility_timeout": visibility_timeout_s}
+    app.conf.broker_transport_options = dict(transport_options)
     app.conf.task_default_queue = DEFAULT_QUEUE
     return app
 
 
 def celery_client(settings: Settings) -> Celery:
-    return _client(settings.celery_broker_url, settings.celery_result_backend, settings.visibility_timeout_s)
+    options = tuple(sorted(settings.broker_transport_options.items()))
+    return _client(settings.celery_broker_url, settings.celery_result_backend, options)
 
 
 def send_task(settings: Settings, name: str, *, args: list | None = None, queue: str = DEFAULT_QUEUE) -> str:

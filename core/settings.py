@@ -91,6 +91,14 @@ class Settings(BaseSettings):
         return f"db+sqlite:///{self.data_path / 'results.db'}"
 
     @property
+    def broker_transport_options(self) -> dict:
+        # Redis/SQS redeliver unacknowledged tasks after the visibility timeout; the
+        # SQLAlchemy transport passes its options to create_engine, which refuses it.
+        if self.celery_broker_url.startswith(("redis://", "rediss://", "sqs://")):
+            return {"visibility_timeout": self.visibility_timeout_s}
+        return {}
+
+    @property
     def rate_limit_redis_url(self) -> str | None:
         if self.redis_url:
             return self.redis_url

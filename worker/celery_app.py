@@ -46,7 +46,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options=settings.broker_transport_options,
         broker_connection_retry_on_startup=True,
         result_expires=timedelta(days=1),
         task_serializer="json",
