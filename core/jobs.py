@@ -1,0 +1,492 @@
+"""Alignment jobs: creation, queries and every status change, in one place.
+
+Life of a job::
+
+    queued --claim--> running --succeed--> succeeded
+      |                  |-----fail------> failed
+      |                  |-----cancel----> cancelled   (cancel_requested, seen by the trainer)
+      |                  '--reap (worker vanished, attempts left)--> queued
+      '--request_cancel--> cancelled
+
+Every delivery of the Celery task calls :func:`claim_job`, which counts an
+attempt; after ``max_attempts`` deliveries the job ends ``failed`` with the
+reason. At most one job per adapter name is ``running``: the partial unique
+index ``uq_jobs_one_running_per_adapter`` enforces it, and a claim that
+would break it answers ``busy`` (the task retries later, the job stays queued).
+
+A running job proves it is alive with a heartbeat. The reaper
+(:func:`reap_stale_jobs`) puts a job whose heartbeat went stale back in the
+queue (or fails it after the cap): Celery's SQLAlchemy transport never
+redelivers a message whose worker was SIGKILLed (it marks it invisible when
+delivered and has no visibility timeout), and Redis redelivers only after its
+visibility timeout (hours), so the reaper is what keeps nothing ``running``
+forever on either broker.
+
+Functions take the caller's session and never commit: the caller owns the
+transaction (``core.db.session_scope``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.base_models import check_name, get_base_model
+from core.errors import Conflict, InvalidInput, NotFound
+from core.models import JOB_STATUSES, AlignmentJob, JobMetric, Snapshot, utcnow
+from core.snapshots import parse_options
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+MAX_LIST_LIMIT = 500
+
+
+class LostClaim(Conflict):
+    """This worker no longer holds the job (reaped, cancelled or taken over): stop, publish nothing."""
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Pipeline options outside the KTO config (stored in ``alignment_jobs.options``).
+
+    The default gate: on the held-out rows the adapter's KTO loss is below the
+    reference's by more than ``gate_min_loss_improvement`` and the reward margin
+    (mean reward of desirable minus undesirable rows) exceeds
+    ``gate_min_reward_margin``.
+    """
+
+    heldout_fraction: float = 0.2  # share of distinct prompts held out for the gate
+    gate_min_loss_improvement: float = 0.0  # reference loss - adapter loss must exceed this
+    gate_min_reward_margin: float = 0.0  # held-out reward margin must exceed this
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> JobOptions:
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown job option(s): {', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(known))}"
+            )
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise InvalidInput(f"job option {name} must be a finite number, got {value!r}")
+        options = cls(**{k: float(v) for k, v in values.items()})
+        if not 0 < options.heldout_fraction < 1:
+            raise InvalidInput(
+                f"heldout_fraction must be in (0, 1), got {options.heldout_fraction}: "
+                "the gate needs held-out prompts and training needs the rest"
+            )
+        return options
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def worker_identity() -> str:
+    """``host:pid`` of this process: who holds a running job."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ---------------------------------------------------------------- create and read
+
+
+def create_job(
+    session: Session,
+    *,
+    adapter_name: str,
+    base_model_name: str,
+    snapshot_id: str | None = None,
+    config: dict[str, Any] | None = None,
+    snapshot_options: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    force_publish: bool = False,
+    max_attempts: int = 3,
+    policy_id: str | None = None,
+) -> AlignmentJob:
+    """A queued job. ``config`` must already be validated (``alignment.config.KTOConfig``)."""
+    check_name(adapter_name, what="adapter")
+    if not isinstance(config or {}, dict):
+        raise InvalidInput("config must be a JSON object of alignment config overrides")
+    base = get_base_model(session, name=base_model_name)
+    parse_options(snapshot_options)
+    if snapshot_id is not None:
+        snapshot = session.get(Snapshot, snapshot_id)
+        if snapshot is None:
+            raise NotFound(f"no snapshot with id {snapshot_id!r}")
+        if snapshot.status != "ready":
+            raise Conflict(f"snapshot {snapshot_id} is {snapshot.status}, not ready")
+    job = AlignmentJob(
+        adapter_name=adapter_name,
+        base_model_id=base.id,
+        snapshot_id=snapshot_id,
+        policy_id=policy_id,
+        config=dict(config or {}),
+        snapshot_options=dict(snapshot_options or {}),
+        options=JobOptions.from_dict(options).to_dict(),
+        force_publish=bool(force_publish),
+        status="queued",
+        max_attempts=max_attempts,
+    )
+    session.add(job)
+    session.flush()
+    log.info("job %s queued for adapter %s on %s", job.id, adapter_name, base_model_name)
+    return job
+
+
+def get_job(session: Session, *, job_id: str, for_update: bool = False) -> AlignmentJob:
+    job = session.get(AlignmentJob, job_id, with_for_update=for_update or None, populate_existing=for_update)
+    if job is None:
+        raise NotFound(f"no job with id {job_id!r}")
+    return job
+
+
+def list_jobs(
+    session: Session, *, status: str | None = None, adapter_name: str | None = None, limit: int = 100
+) -> list[AlignmentJob]:
+    """Newest first."""
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidInput(f"unknown status {status!r}; use one of {', '.join(JOB_STATUSES)}")
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+    query = select(AlignmentJob).order_by(AlignmentJob.created_at.desc(), AlignmentJob.id).limit(limit)
+    if status is not None:
+        query = query.where(AlignmentJob.status == status)
+    if adapter_name is not None:
+        query = query.where(AlignmentJob.adapter_name == adapter_name)
+    return list(session.scalars(query))
+
+
+def list_metrics(session: Session, *, job_id: str, after_step: int = 0) -> list[JobMetric]:
+    get_job(session, job_id=job_id)
+    query = (
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.step > after_step)
+        .order_by(JobMetric.step)
+    )
+    return list(session.scalars(query))
+
+
+def has_active_job(session: Session, *, adapter_name: str) -> bool:
+    query = select(func.count()).select_from(AlignmentJob).where(
+        AlignmentJob.adapter_name == adapter_name, AlignmentJob.status.in_(ACTIVE)
+    )
+    return session.scalar(query) > 0
+
+
+# ---------------------------------------------------------------- transitions
+
+
+def mark_enqueued(session: Session, *, job_id: str, task_id: str | None, now: datetime | None = None) -> None:
+    job = get_job(session, job_id=job_id)
+    job.celery_task_id = task_id
+    job.enqueued_at = now or utcnow()
+
+
+def request_cancel(session: Session, *, job_id: str, now: datetime | None = None) -> AlignmentJob:
+    """A queued job is cancelled at once; a running one is flagged and stops within one step.
+
+    Cancelling a cancelled job is a no-op; a finished job gives :class:`Conflict`.
+    """
+    job = get_job(session, job_id=job_id, for_update=True)
+    if job.status == "queued":
+        job.status = "cancelled"
+        job.cancel_requested = True
+        job.finished_at = now or utcnow()
+        log.info("job %s cancelled while queued", job_id)
+    elif job.status == "running":
+        job.cancel_requested = True
+        log.info("job %s: cancellation requested", job_id)
+    elif job.status in ("succeeded", "failed"):
+        raise Conflict(f"job {job_id} already {job.status}; there is nothing to cancel")
+    return job
+
+
+ClaimOutcome = Literal["run", "skip", "busy", "duplicate"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    reason: str
+    attempt: int = 0
+
+
+def _holder_alive(job: AlignmentJob, *, me: str, heartbeat_timeout_s: float, now: datetime) -> bool:
+    """Is the worker that holds this running job still at it?"""
+    if job.worker == me:
+        return False  # our own earlier delivery (a retry after a transient error) ended
+    if job.heartbeat_at is None or now - job.heartbeat_at > timedelta(seconds=heartbeat_timeout_s):
+        return False
+    host, _, pid = (job.worker or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        # Same machine: a pool child killed mid-job (reject_on_worker_lost redelivers at once,
+        # long before its heartbeat goes stale) is detected by its pid.
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
+def claim_job(
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    heartbeat_timeout_s: float,
+    now: datetime | None = None,
+) -> Claim:
+    """Take the job for one delivery: queued (or abandoned running) -> running, one more attempt.
+
+    Outcomes: ``run`` (the caller trains), ``skip`` (finished, cancelled or out of
+    attempts: nothing to do), ``busy`` (another job of this adapter is running:
+    retry later), ``duplicate`` (a live worker runs this very job: retry later).
+    On ``busy`` the session was rolled back.
+    """
+    now = now or utcnow()
+    job = get_job(session, job_id=job_id, for_update=True)
+    if job.status in TERMINAL:
+        return Claim("skip", f"job is already {job.status}")
+    if job.cancel_requested:
+        _finish(job, "cancelled", now=now)
+        return Claim("skip", "cancelled before it started")
+    if job.status == "running":
+        if _holder_alive(job, me=worker, heartbeat_timeout_s=heartbeat_timeout_s, now=now):
+            return Claim("duplicate", f"running in {job.worker} (heartbeat {job.heartbeat_at:%H:%M:%S})")
+        log.warning("job %s: taking over from %s (last heartbeat %s)", job_id, job.worker, job.heartbeat_at)
+    if job.attempts >= job.max_attempts:
+        _finish(job, "failed", now=now, error=(
+            f"gave up after {job.attempts} attempt(s): the worker running it was lost each time "
+            f"(last worker {job.worker}, last heartbeat {job.heartbeat_at})"
+        ))
+        return Claim("skip", "out of attempts")
+    job.status = "running"
+    job.attempts += 1
+    job.worker = worker
+    job.heartbeat_at = now
+    job.started_at = job.started_at or now
+    attempt = job.attempts
+    try:
+        session.flush()
+    except IntegrityError:
+        # uq_jobs_one_running_per_adapter: another job of this adapter runs now.
+        session.rollback()
+        return Claim("busy", f"another job of adapter {job.adapter_name!r} is running")
+    log.info("job %s: attempt %d/%d in %s", job_id, attempt, job.max_attempts, worker)
+    return Claim("run", "claimed", attempt)
+
+
+def _owned(session: Session, *, job_id: str, worker: str) -> AlignmentJob:
+    job = get_job(session, job_id=job_id, for_update=True)
+    if job.status != "running" or job.worker != worker:
+        raise LostClaim(f"job {job_id} is {job.status} in {job.worker}, no longer held by {worker}")
+    return job
+
+
+def heartbeat(session: Session, *, job_id: str, worker: str, now: datetime | None = None) -> bool:
+    """Prove the holder is alive; returns whether cancellation was requested."""
+    job = _owned(session, job_id=job_id, worker=worker)
+    job.heartbeat_at = now or utcnow()
+    return job.cancel_requested
+
+
+def is_cancel_requested(session: Session, *, job_id: str) -> bool:
+    return bool(session.scalar(select(AlignmentJob.cancel_requested).where(AlignmentJob.id == job_id)))
+
+
+def record_inputs(
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    snapshot_id: str | None = None,
+    n_desirable: int | None = None,
+    n_undesirable: int | None = None,
+    class_weights: dict[str, Any] | None = None,
+    progress_total: int | None = None,
+) -> AlignmentJob:
+    """What the job trains on: its snapshot, the class counts and the weights used (with why)."""
+    job = _owned(session, job_id=job_id, worker=worker)
+    if snapshot_id is not None:
+        job.snapshot_id = snapshot_id
+    if n_desirable is not None:
+        job.n_desirable, job.n_undesirable = n_desirable, n_undesirable
+    if class_weights is not None:
+        job.class_weights = class_weights
+    if progress_total is not None:
+        job.progress_total = progress_total
+    return job
+
+
+def start_attempt_history(session: Session, *, job_id: str, worker: str, first_step: int) -> None:
+    """The attempt's first reported step is ``first_step``: steps from there on are recomputed.
+
+    Their rows from an earlier attempt (computed after its last checkpoint) are
+    dropped, so the history is one consistent run; ``resumed_from_step`` records
+    the checkpoint this attempt continued from.
+    """
+    job = _owned(session, job_id=job_id, worker=worker)
+    job.resumed_from_step = first_step - 1 if first_step > 1 else None
+    session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step >= first_step))
+
+
+def record_progress(
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    step: int,
+    total: int,
+    metrics: dict[str, Any],
+    attempt: int,
+    now: datetime | None = None,
+) -> bool:
+    """One optimiser step: a JobMetric row, progress, latest metrics, heartbeat.
+
+    Returns whether cancellation was requested.
+    """
+    job = _owned(session, job_id=job_id, worker=worker)
+    now = now or utcnow()
+    clean = {k: _json_number(v) for k, v in metrics.items()}
+    session.merge(JobMetric(job_id=job_id, step=step, attempt=attempt, metrics=clean, created_at=now))
+    job.progress_step, job.progress_total = step, total
+    job.metrics = clean
+    job.heartbeat_at = now
+    return job.cancel_requested
+
+
+def _json_number(value: Any) -> Any:
+    # NaN/inf are not JSON (Postgres rejects them): a diverged run records null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _finish(job: AlignmentJob, status: str, *, now: datetime, error: str | None = None) -> None:
+    job.status = status
+    job.finished_at = now
+    if error is not None:
+        job.error = error
+    log.info("job %s %s%s", job.id, status, f": {error}" if error else "")
+
+
+def succeed(
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    adapter_version_id: int,
+    eval_metrics: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> AlignmentJob:
+    job = _owned(session, job_id=job_id, worker=worker)
+    job.adapter_version_id = adapter_version_id
+    if eval_metrics is not None:
+        job.eval_metrics = _clean_tree(eval_metrics)
+    job.error = None
+    _finish(job, "succeeded", now=now or utcnow())
+    return job
+
+
+def fail(
+    session: Session,
+    *,
+    job_id: str,
+    worker: str | None,
+    error: str,
+    eval_metrics: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> AlignmentJob:
+    """Fail a job this worker holds (``worker=None``: any job not finished yet)."""
+    job = _owned(session, job_id=job_id, worker=worker) if worker else get_job(session, job_id=job_id)
+    if job.status in TERMINAL:
+        return job
+    if eval_metrics is not None:
+        job.eval_metrics = _clean_tree(eval_metrics)
+    _finish(job, "failed", now=now or utcnow(), error=error)
+    return job
+
+
+def cancel(session: Session, *, job_id: str, worker: str, now: datetime | None = None) -> AlignmentJob:
+    """The running job stopped on request."""
+    job = _owned(session, job_id=job_id, worker=worker)
+    _finish(job, "cancelled", now=now or utcnow())
+    return job
+
+
+def _clean_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean_tree(v) for v in value]
+    return _json_number(value)
+
+
+# ---------------------------------------------------------------- the reaper
+
+
+@dataclass
+class Reaped:
+    requeued: list[str] = dataclasses.field(default_factory=list)  # send a task for each
+    finished: list[str] = dataclasses.field(default_factory=list)  # failed (out of attempts) or cancelled
+    unsent: list[str] = dataclasses.field(default_factory=list)  # queued, never sent: send a task
+
+
+def reap_stale_jobs(
+    session: Session, *, heartbeat_timeout_s: float, now: datetime | None = None
+) -> Reaped:
+    """Running jobs silent for ``heartbeat_timeout_s``: back to queued (attempts left) or failed.
+
+    Also lists queued jobs whose task was never sent (the enqueue failed after
+    the job was committed) and have waited that long. The caller sends a task
+    for every id in ``requeued`` and ``unsent`` after committing.
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=heartbeat_timeout_s)
+    result = Reaped()
+    stale = session.scalars(
+        select(AlignmentJob)
+        .where(AlignmentJob.status == "running")
+        .where((AlignmentJob.heartbeat_at < cutoff) | AlignmentJob.heartbeat_at.is_(None))
+        .with_for_update()
+    )
+    for job in stale:
+        silent = f"no heartbeat from {job.worker} since {job.heartbeat_at}"
+        if job.cancel_requested:
+            _finish(job, "cancelled", now=now)
+            result.finished.append(job.id)
+        elif job.attempts >= job.max_attempts:
+            _finish(job, "failed", now=now, error=f"worker lost after {job.attempts} attempt(s): {silent}")
+            result.finished.append(job.id)
+        else:
+            log.warning("job %s: %s; re-queued (attempt %d of %d used)", job.id, silent, job.attempts,
+                        job.max_attempts)
+            job.status = "queued"
+            job.error = f"worker lost ({silent}); re-queued"
+            result.requeued.append(job.id)
+    unsent = session.scalars(
+        select(AlignmentJob.id)
+        .where(AlignmentJob.status == "queued", AlignmentJob.enqueued_at.is_(None))
+        .where(AlignmentJob.created_at < cutoff)
+    )
+    result.unsent.extend(j for j in unsent if j not in result.requeued)
+    session.flush()
+    return result

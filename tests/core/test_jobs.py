@@ -1,0 +1,228 @@
+"""core.jobs: every status transition, the attempts cap, the one-running-per-adapter rule, the reaper."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from core import jobs
+from core.db import session_scope
+from core.errors import Conflict, InvalidInput, NotFound
+from core.models import AlignmentJob, BaseModelRecord, JobMetric, utcnow
+
+ME = "host-a:100"
+OTHER = "host-b:200"
+TIMEOUT = 60.0
+
+
+@pytest.fixture
+def base_model(engine) -> str:
+    with session_scope(engine) as s:
+        s.add(BaseModelRecord(name="tiny", source="/m", path="/m", sha256="0" * 64))
+    return "tiny"
+
+
+def _job(engine, adapter="support-bot", **kwargs) -> str:
+    with session_scope(engine) as s:
+        return jobs.create_job(s, adapter_name=adapter, base_model_name="tiny", **kwargs).id
+
+
+def _claim(engine, job_id, worker=ME, **kwargs) -> jobs.Claim:
+    with session_scope(engine) as s:
+        return jobs.claim_job(s, job_id=job_id, worker=worker, heartbeat_timeout_s=TIMEOUT, **kwargs)
+
+
+def _get(engine, job_id) -> AlignmentJob:
+    with session_scope(engine) as s:
+        return jobs.get_job(s, job_id=job_id)
+
+
+def test_create_job_validates_inputs(engine, base_model):
+    job_id = _job(engine, config={"beta": 0.2}, options={"heldout_fraction": 0.3})
+    job = _get(engine, job_id)
+    assert (job.status, job.attempts, job.max_attempts, job.config) == ("queued", 0, 3, {"beta": 0.2})
+    assert job.options == {"heldout_fraction": 0.3, "gate_min_loss_improvement": 0.0, "gate_min_reward_margin": 0.0}
+    with session_scope(engine) as s:
+        with pytest.raises(NotFound, match="no base model named 'nope'"):
+            jobs.create_job(s, adapter_name="a", base_model_name="nope")
+        with pytest.raises(InvalidInput, match="invalid adapter name"):
+            jobs.create_job(s, adapter_name="../etc", base_model_name="tiny")
+        with pytest.raises(InvalidInput, match="unknown job option"):
+            jobs.create_job(s, adapter_name="a", base_model_name="tiny", options={"gate": 1})
+        with pytest.raises(InvalidInput, match="heldout_fraction must be in"):
+            jobs.create_job(s, adapter_name="a", base_model_name="tiny", options={"heldout_fraction": 1})
+        with pytest.raises(InvalidInput, match="aggregation"):
+            jobs.create_job(s, adapter_name="a", base_model_name="tiny", snapshot_options={"aggregation": "x"})
+        with pytest.raises(NotFound, match="no snapshot"):
+            jobs.create_job(s, adapter_name="a", base_model_name="tiny", snapshot_id="missing")
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(AlignmentJob)) == 1
+
+
+def test_claim_runs_once_then_skips_when_finished(engine, base_model):
+    job_id = _job(engine)
+    claim = _claim(engine, job_id)
+    assert (claim.outcome, claim.attempt) == ("run", 1)
+    job = _get(engine, job_id)
+    assert (job.status, job.attempts, job.worker) == ("running", 1, ME)
+    assert job.started_at is not None and job.heartbeat_at is not None
+    with session_scope(engine) as s:
+        jobs.succeed(s, job_id=job_id, worker=ME, adapter_version_id=None, eval_metrics={"loss": float("nan")})
+    job = _get(engine, job_id)
+    assert (job.status, job.eval_metrics) == ("succeeded", {"loss": None})
+    assert _claim(engine, job_id).outcome == "skip"
+    assert _get(engine, job_id).attempts == 1
+
+
+def test_one_running_job_per_adapter_is_a_database_rule(engine, base_model):
+    first, second, other_adapter = _job(engine), _job(engine), _job(engine, adapter="other")
+    assert _claim(engine, first).outcome == "run"
+    busy = _claim(engine, second, worker=OTHER)
+    assert busy.outcome == "busy"
+    job = _get(engine, second)
+    assert (job.status, job.attempts, job.worker) == ("queued", 0, None)
+    assert _claim(engine, other_adapter, worker=OTHER).outcome == "run"  # another adapter is free
+    # The index itself refuses a second running row, whoever writes it.
+    with pytest.raises(Exception, match="(?i)unique"):
+        with session_scope(engine) as s:
+            s.get(AlignmentJob, second).status = "running"
+    with session_scope(engine) as s:
+        jobs.fail(s, job_id=first, worker=ME, error="boom")
+    assert _claim(engine, second, worker=OTHER).outcome == "run"
+    with session_scope(engine) as s:
+        running = s.scalars(select(AlignmentJob.id).where(AlignmentJob.status == "running")).all()
+    assert sorted(running) == sorted([second, other_adapter])
+
+
+def test_redelivery_while_the_holder_lives_is_a_duplicate(engine, base_model):
+    job_id = _job(engine)
+    assert _claim(engine, job_id, worker=OTHER).outcome == "run"
+    assert _claim(engine, job_id).outcome == "duplicate"
+    assert _get(engine, job_id).attempts == 1
+    # Once its heartbeat is stale the job is taken over as a new attempt.
+    later = utcnow() + timedelta(seconds=TIMEOUT + 1)
+    claim = _claim(engine, job_id, now=later)
+    assert (claim.outcome, claim.attempt) == ("run", 2)
+    job = _get(engine, job_id)
+    assert (job.status, job.worker, job.attempts) == ("running", ME, 2)
+
+
+def test_redelivery_after_a_local_pool_process_died_takes_over_at_once(engine, base_model):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job_id = _job(engine)
+    assert _claim(engine, job_id, worker=f"{socket.gethostname()}:{dead.pid}").outcome == "run"
+    claim = _claim(engine, job_id)  # heartbeat is fresh, but the pid is gone
+    assert (claim.outcome, claim.attempt) == ("run", 2)
+
+
+def test_attempts_cap_fails_with_the_reason(engine, base_model):
+    with session_scope(engine) as s:
+        job_id = jobs.create_job(s, adapter_name="a", base_model_name="tiny", max_attempts=2).id
+    now = utcnow()
+    assert _claim(engine, job_id, worker="w:1", now=now).attempt == 1
+    assert _claim(engine, job_id, worker="w:2", now=now + timedelta(seconds=TIMEOUT + 1)).attempt == 2
+    claim = _claim(engine, job_id, worker="w:3", now=now + timedelta(seconds=2 * TIMEOUT + 2))
+    assert claim.outcome == "skip"
+    job = _get(engine, job_id)
+    assert (job.status, job.attempts) == ("failed", 2)
+    assert "gave up after 2 attempt(s)" in job.error and "w:2" in job.error
+
+
+def test_cancel_queued_at_once_running_on_request(engine, base_model):
+    queued, running = _job(engine, adapter="a"), _job(engine, adapter="b")
+    with session_scope(engine) as s:
+        jobs.request_cancel(s, job_id=queued)
+    job = _get(engine, queued)
+    assert (job.status, job.finished_at is not None) == ("cancelled", True)
+    assert _claim(engine, queued).outcome == "skip"  # its task, when delivered, does nothing
+    assert _get(engine, queued).attempts == 0
+
+    assert _claim(engine, running).outcome == "run"
+    with session_scope(engine) as s:
+        assert jobs.record_progress(s, job_id=running, worker=ME, step=1, total=5, metrics={}, attempt=1) is False
+        jobs.request_cancel(s, job_id=running)
+    assert _get(engine, running).status == "running"
+    with session_scope(engine) as s:
+        assert jobs.record_progress(s, job_id=running, worker=ME, step=2, total=5, metrics={}, attempt=1) is True
+        assert jobs.is_cancel_requested(s, job_id=running) is True
+        jobs.cancel(s, job_id=running, worker=ME)
+    assert _get(engine, running).status == "cancelled"
+    with session_scope(engine) as s:
+        jobs.request_cancel(s, job_id=running)  # idempotent
+    done = _job(engine, adapter="c")
+    _claim(engine, done)
+    with session_scope(engine) as s:
+        jobs.fail(s, job_id=done, worker=ME, error="x")
+    with session_scope(engine) as s, pytest.raises(Conflict, match="already failed"):
+        jobs.request_cancel(s, job_id=done)
+
+
+def test_progress_history_and_resume(engine, base_model):
+    job_id = _job(engine)
+    _claim(engine, job_id)
+    with session_scope(engine) as s:
+        jobs.start_attempt_history(s, job_id=job_id, worker=ME, first_step=1)
+        for step in range(1, 6):
+            jobs.record_progress(s, job_id=job_id, worker=ME, step=step, total=8,
+                                 metrics={"loss": 0.5 - step / 100, "kl": float("inf")}, attempt=1)
+    job = _get(engine, job_id)
+    assert (job.progress_step, job.progress_total, job.resumed_from_step) == (5, 8, None)
+    assert job.metrics == {"loss": 0.45, "kl": None}
+    # The worker dies; the next attempt resumes from the checkpoint at step 3 and recomputes 4, 5, ...
+    later = utcnow() + timedelta(seconds=TIMEOUT + 1)
+    assert _claim(engine, job_id, worker=OTHER, now=later).attempt == 2
+    with session_scope(engine) as s:
+        jobs.start_attempt_history(s, job_id=job_id, worker=OTHER, first_step=4)
+        jobs.record_progress(s, job_id=job_id, worker=OTHER, step=4, total=8, metrics={"loss": 0.1}, attempt=2)
+        rows = [(m.step, m.attempt) for m in jobs.list_metrics(s, job_id=job_id)]
+    assert rows == [(1, 1), (2, 1), (3, 1), (4, 2)]
+    assert _get(engine, job_id).resumed_from_step == 3
+    # The first worker, if it still ran, may no longer write anything.
+    with session_scope(engine) as s, pytest.raises(jobs.LostClaim):
+        jobs.record_progress(s, job_id=job_id, worker=ME, step=5, total=8, metrics={}, attempt=1)
+
+
+def test_reaper_requeues_or_fails_stale_jobs(engine, base_model):
+    now = utcnow()
+    with session_scope(engine) as s:
+        capped = jobs.create_job(s, adapter_name="capped", base_model_name="tiny", max_attempts=1).id
+    stale, fresh = _job(engine, adapter="stale"), _job(engine, adapter="fresh")
+    unsent = _job(engine, adapter="unsent")
+    sent = _job(engine, adapter="sent")
+    with session_scope(engine) as s:
+        jobs.mark_enqueued(s, job_id=sent, task_id="t1")
+    for job_id in (capped, stale):
+        _claim(engine, job_id, worker=OTHER, now=now)
+    _claim(engine, fresh, worker=OTHER, now=now + timedelta(seconds=TIMEOUT))
+
+    with session_scope(engine) as s:
+        reaped = jobs.reap_stale_jobs(s, heartbeat_timeout_s=TIMEOUT, now=now + timedelta(seconds=TIMEOUT + 1))
+    assert (reaped.requeued, reaped.finished, reaped.unsent) == ([stale], [capped], [unsent])
+    assert _get(engine, stale).status == "queued"
+    assert "worker lost" in _get(engine, stale).error
+    failed = _get(engine, capped)
+    assert failed.status == "failed" and "worker lost after 1 attempt(s)" in failed.error
+    assert _get(engine, fresh).status == "running"
+    # The re-queued job's next delivery counts attempt 2.
+    assert _claim(engine, stale, now=now + timedelta(seconds=TIMEOUT + 2)).attempt == 2
+
+
+def test_list_jobs_and_metrics(engine, base_model):
+    a, b = _job(engine, adapter="a"), _job(engine, adapter="b")
+    _claim(engine, a)
+    with session_scope(engine) as s:
+        assert [j.id for j in jobs.list_jobs(s, status="running")] == [a]
+        assert [j.id for j in jobs.list_jobs(s, adapter_name="b")] == [b]
+        assert {j.id for j in jobs.list_jobs(s)} == {a, b}
+        with pytest.raises(InvalidInput, match="unknown status"):
+            jobs.list_jobs(s, status="done")
+        with pytest.raises(NotFound):
+            jobs.list_metrics(s, job_id="nope")
+        assert s.scalar(select(func.count()).select_from(JobMetric)) == 0
