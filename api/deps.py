@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from core.keys import Principal, authenticate, hash_key
 from core.settings import Settings
@@ -59,26 +60,37 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def current_principal(request: Request) -> Principal:
-    token = _bearer(request)
-    cache: AuthCache = request.app.state.auth_cache
-    if token:
-        cached = cache.get(hash_key(token))
-        if cached is not None:
-            return cached
+def _authenticate(request: Request, token: str | None) -> Principal:
     with request.app.state.session_factory() as session:
-        principal = authenticate(session, plaintext=token)
-    cache.put(hash_key(token), principal)
+        return authenticate(session, plaintext=token)
+
+
+async def current_principal(request: Request) -> Principal:
+    """The caller's key. Cache hits cost no thread hop and no database round trip."""
+    token = _bearer(request)
+    if not token:
+        return _authenticate(request, None)  # raises Unauthorized
+    cache: AuthCache = request.app.state.auth_cache
+    digest = hash_key(token)
+    cached = cache.get(digest)
+    if cached is not None:
+        return cached
+    principal = await run_in_threadpool(_authenticate, request, token)
+    cache.put(digest, principal)
     return principal
 
 
-def require_scope(scope: str) -> Callable[..., Principal]:
-    def dependency(request: Request) -> Principal:
-        principal = current_principal(request)
+def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
+    # Async so the hot path (cached key, in-process bucket) stays on the event loop.
+    async def dependency(request: Request) -> Principal:
+        principal = await current_principal(request)
         principal.require(scope)
         limiter = request.app.state.rate_limiter
         if limiter is not None:
-            limiter.check(principal.key_id)
+            if getattr(limiter, "blocking", False):
+                await run_in_threadpool(limiter.check, principal.key_id)
+            else:
+                limiter.check(principal.key_id)
         return principal
 
     dependency.__name__ = f"require_{scope}"

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from api.deps import AuthCache
 from api.errors import install_error_handlers
 from api.ratelimit import build_rate_limiter
-from api.routers import health
+from api.routers import feedback, health, jobs
 from core.db import get_engine, session_factory
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
@@ -33,4 +33,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = build_rate_limiter(settings)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(feedback.router)
+    app.include_router(jobs.router)
     return app

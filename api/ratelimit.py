@@ -7,6 +7,7 @@ between all processes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class InProcessLimiter:
+    blocking = False  # safe to call on the event loop
+
     def __init__(self, *, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst
@@ -55,9 +58,14 @@ return {allowed, wait}
 
 
 class RedisLimiter:
-    def __init__(self, *, url: str, rate: float, burst: int) -> None:
+    blocking = True  # a network round trip: call it from the thread pool
+
+    def __init__(self, *, url: str, rate: float, burst: int, namespace: str = "default") -> None:
         import redis
 
+        # Several deployments (or test databases) may share one Redis: key ids only mean
+        # something within one database, so the bucket names carry its namespace.
+        self.namespace = namespace
         self.rate = rate
         self.burst = burst
         self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
@@ -69,7 +77,7 @@ class RedisLimiter:
 
         try:
             allowed, wait_ms = self._script(
-                keys=[f"prospect:ratelimit:{key_id}"], args=[self.rate, self.burst, int(time.time() * 1000), cost]
+                keys=[f"prospect:ratelimit:{self.namespace}:{key_id}"], args=[self.rate, self.burst, int(time.time() * 1000), cost]
             )
         except redis.RedisError as exc:
             # A Redis outage must not stop ingestion: fall back to a local bucket.
@@ -86,5 +94,8 @@ class RedisLimiter:
 def build_rate_limiter(settings: Settings) -> InProcessLimiter | RedisLimiter:
     url = settings.rate_limit_redis_url
     if url:
-        return RedisLimiter(url=url, rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst)
+        namespace = hashlib.sha256(settings.sqlalchemy_url.encode()).hexdigest()[:12]
+        return RedisLimiter(
+            url=url, rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst, namespace=namespace
+        )
     return InProcessLimiter(rate=settings.rate_limit_per_second, burst=settings.rate_limit_burst)

@@ -1,0 +1,206 @@
+"""/v1/feedback: thumbs events in (single, batch, import), events, stats and TRL export out.
+
+Handlers read the body themselves, bounded by ``max_body_bytes`` (413 from the
+Content-Length or from the bytes actually received), and parse it with
+orjson: invalid JSON or invalid UTF-8 is a 422, and one bad batch item does
+not turn the whole batch into a 422. The blocking database work runs in the
+thread pool; a 2xx is sent only after the commit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import IngestKey, ReadKey
+from api.schemas.feedback import (
+    BatchIn,
+    BatchOut,
+    FeedbackEventIn,
+    FeedbackEventOut,
+    ImportOut,
+    IngestOut,
+    RetractOut,
+    StatsOut,
+    json_body,
+    parse_batch_item,
+    parse_event,
+)
+from core import feedback
+from core.errors import InvalidInput, PayloadTooLarge
+
+router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "The key lacks the scope."},
+    413: {"description": "Body, batch or a text field over its limit."},
+    422: {"description": "Invalid input; the message names the field and the reason."},
+    429: {"description": "Rate limited; see Retry-After."},
+    503: {"description": "Database unavailable; nothing was written; see Retry-After."},
+}
+Since = Annotated[datetime | None, Query(description="Inclusive lower bound on created_at.")]
+Until = Annotated[datetime | None, Query(description="Exclusive upper bound on created_at.")]
+ModelQ = Annotated[str | None, Query(max_length=200, description="Only this model (adapter version).")]
+
+
+def _json(payload: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
+
+
+async def _read_body(request: Request) -> bytes:
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput("Content-Length: must be a non-negative integer")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"body: {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body: more than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body: not valid UTF-8 JSON ({exc})", details=[{"field": "body", "message": str(exc)}])
+
+
+def _limits(request: Request) -> feedback.Limits:
+    return feedback.Limits.from_settings(request.app.state.settings)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=IngestOut,
+    summary="Ingest one event",
+    responses={200: {"description": "Duplicate of a stored event.", "model": IngestOut},
+               409: {"description": "event_id stored with different content."}, **ERRORS},
+    openapi_extra=json_body(FeedbackEventIn),
+)
+async def post_feedback(request: Request, principal: IngestKey) -> Response:
+    """201 created; 200 when the same event_id with the same content is stored already; 409 when the
+    content differs."""
+    event = parse_event(_loads(await _read_body(request)))
+    result = await run_in_threadpool(
+        feedback.ingest_event,
+        request.app.state.engine,
+        event=event,
+        limits=_limits(request),
+        api_key_id=principal.key_id,
+    )
+    return _json({"event_id": result.event_id, "status": result.status}, 201 if result.status == "created" else 200)
+
+
+@router.post(
+    "/batch",
+    response_model=BatchOut,
+    summary="Ingest a batch of events",
+    responses=ERRORS,
+    openapi_extra=json_body(BatchIn, "Up to max_batch_events events; each is validated on its own."),
+)
+async def post_batch(request: Request, principal: IngestKey) -> Response:
+    """One transaction for the valid items; a result per item, in order: created, duplicate, conflict or
+    invalid (with the reason)."""
+    settings = request.app.state.settings
+    body = _loads(await _read_body(request))
+    if not isinstance(body, dict) or set(body) != {"events"} or not isinstance(body["events"], list):
+        raise InvalidInput("body: must be an object {\"events\": [...]}",
+                           details=[{"field": "events", "message": "a list of events is required"}])
+    raw = body["events"]
+    if len(raw) > settings.max_batch_events:
+        raise PayloadTooLarge(f"events: {len(raw)} events exceeds the limit of {settings.max_batch_events}")
+    items = [parse_batch_item(obj) for obj in raw]
+    results = await run_in_threadpool(
+        feedback.ingest_batch,
+        request.app.state.engine,
+        items=items,
+        limits=_limits(request),
+        api_key_id=principal.key_id,
+    )
+    counts = {s: 0 for s in ("created", "duplicate", "conflict", "invalid")}
+    out = []
+    for i, r in enumerate(results):
+        counts[r.status] += 1
+        out.append({"index": i, "event_id": r.event_id, "status": r.status, "error": r.error})
+    return _json({**counts, "results": out})
+
+
+@router.get("/stats", response_model=StatsOut, summary="Counted votes", responses=ERRORS)
+async def get_stats(request: Request, _: ReadKey, since: Since = None, until: Until = None,
+                    model: ModelQ = None) -> Response:
+    """Up/down counts of the counted votes (after re-votes and retractions), overall and per model."""
+    stats = await run_in_threadpool(
+        feedback.feedback_stats, request.app.state.engine, since=since, until=until, model=model
+    )
+    return _json(stats)
+
+
+@router.get(
+    "/export",
+    summary="Export counted votes as TRL KTO JSONL",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}},
+                     "description": "One {prompt, completion, label: bool} object per line."}, **ERRORS},
+)
+async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "kto-jsonl",
+                 since: Since = None, until: Until = None, model: ModelQ = None) -> StreamingResponse:
+    """Streamed JSONL in TRL's unpaired KTO format; prompt is the text or the messages list."""
+    chunks = feedback.iter_kto_jsonl(request.app.state.engine, since=since, until=until, model=model)
+    # Read the first chunk before answering, so a database outage is a 503 rather than a cut stream.
+    first = await run_in_threadpool(next, chunks, None)
+    body: Iterator[bytes] = iter(()) if first is None else itertools.chain([first], chunks)
+    return StreamingResponse(body, media_type="application/x-ndjson")
+
+
+@router.post(
+    "/import",
+    response_model=ImportOut,
+    summary="Import a TRL dataset (KTO or paired)",
+    responses=ERRORS,
+    openapi_extra={"requestBody": {"required": True, "description": (
+        "JSONL, one object per line (or a JSON list of objects): {prompt, completion, label: bool} rows "
+        "(TRL unpaired KTO) and/or {prompt, chosen, rejected} rows (each becomes an up and a down event). "
+        "prompt is text or a messages list. Event ids derive from the row content, so re-importing a file "
+        "stores nothing new."),
+        "content": {"application/x-ndjson": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}},
+)
+async def import_dataset(request: Request, principal: IngestKey, model: ModelQ = None) -> Response:
+    """One transaction; returns counts and the first errors with their line numbers."""
+    body = await _read_body(request)
+    records = feedback.decode_records(body)
+    summary = await run_in_threadpool(
+        feedback.import_records,
+        request.app.state.engine,
+        records=records,
+        limits=_limits(request),
+        model=model,
+        api_key_id=principal.key_id,
+    )
+    return _json(summary.__dict__)
+
+
+@router.get("/{event_id}", response_model=FeedbackEventOut, summary="One stored event", responses=ERRORS)
+async def get_event(request: Request, event_id: str, _: ReadKey) -> Response:
+    return _json(await run_in_threadpool(feedback.get_event, request.app.state.engine, event_id=event_id))
+
+
+@router.delete("/{event_id}", response_model=RetractOut, summary="Retract an event", responses=ERRORS)
+async def retract(request: Request, event_id: str, _: IngestKey) -> Response:
+    """Excludes the event's vote from stats, exports and future snapshots; the raw event is kept, marked."""
+    return _json(await run_in_threadpool(feedback.retract_event, request.app.state.engine, event_id=event_id))

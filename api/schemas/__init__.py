@@ -1,0 +1,1 @@
+"""Pydantic request/response models (separate from the SQLAlchemy tables in core/models.py)."""
