@@ -85,9 +85,9 @@ class KTOConfig:
     @classmethod
     def from_dict(cls, overrides: dict[str, Any] | None = None, *, base: KTOConfig | None = None) -> KTOConfig:
         """Defaults (or ``base``) with ``overrides`` applied; unknown keys are an error."""
-        overrides = dict(overrides or {})
-        if not isinstance(overrides, dict):
+        if overrides is not None and not isinstance(overrides, dict):
             raise ConfigError(f"config overrides must be a JSON object, got {type(overrides).__name__}")
+        overrides = dict(overrides or {})
         known = set(cls.field_names())
         unknown = sorted(k for k in overrides if k not in known)
         if unknown:
@@ -141,9 +141,11 @@ def _check_types(config: KTOConfig) -> None:
         # bool is an int subclass: a JSON `true` is not a learning rate.
         if isinstance(value, bool) and base is not bool or not isinstance(value, allowed):
             raise ConfigError(f"{f.name} must be of type {base.__name__}, got {value!r} ({type(value).__name__})")
+        if base is float and not isinstance(value, float):
+            object.__setattr__(config, f.name, float(value))  # JSON 1 means 1.0
 
 
-def _positive(name: str, value: float | int | None, *, strict: bool = True) -> None:
+def _positive(name: str, value: float | None, *, strict: bool = True) -> None:
     if value is None:
         return
     if isinstance(value, float) and not math.isfinite(value):

@@ -1,0 +1,226 @@
+"""Feedback rows -> token tensors for KTO.
+
+A row is TRL's KTO format: ``prompt`` (text, or a list of chat messages),
+``completion`` (text, or a one-message assistant list) and ``label`` (bool,
+True = desirable). ``messages`` is accepted in place of ``prompt``.
+
+Tokenisation: the prompt goes through the tokenizer's chat template (with the
+generation prompt) when it has one; the completion is tokenised on its own
+and followed by EOS, so the loss sees exactly what the model would emit,
+stop token included. Loss is on completion tokens only. A BOS that the
+tokenizer adds by default is added once, even when the template writes it too.
+
+Truncation to ``max_length`` keeps the end of the prompt (the question and
+the generation prompt) and the start of the completion (what the model says
+first); BOS is always kept.
+
+The KL partner of example i in a microbatch of m is example (i+1) mod m
+("next", DESIGN.md) or (i-1) mod m ("previous", TRL's choice): same
+estimator, other neighbour. Its sequence is i's prompt with the partner's
+completion.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+class RowError(ValueError):
+    """A feedback row is malformed; the message names the row and the field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    prefix: tuple[int, ...]  # BOS when the model wants one, else empty
+    prompt: tuple[int, ...]  # prompt tokens, BOS excluded
+    completion: tuple[int, ...]  # completion tokens, EOS included
+    label: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prefix) + len(self.prompt) + len(self.completion)
+
+
+@dataclass
+class Sequences:
+    """Right-padded token sequences of one microbatch."""
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long, 1 on real tokens
+    completion_mask: torch.Tensor  # (B, T) bool, True on completion tokens (the ones scored)
+
+    def to(self, device) -> Sequences:
+        return Sequences(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device))
+
+
+@dataclass
+class Batch:
+    indices: list[int]  # example indices, in microbatch order
+    matched: Sequences  # x_i + y_i
+    kl: Sequences | None  # x_i + y_partner(i); None when kl_mode is "zero"
+    labels: torch.Tensor  # (B,) bool
+    num_tokens: int  # real prompt + completion tokens of the matched pairs (for tokens/s)
+
+
+def _as_messages(value, *, index: int, field: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise RowError(f"row {index}: {field} must be text or a non-empty list of chat messages")
+    for m in value:
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise RowError(f"row {index}: each message in {field} needs string 'role' and 'content'")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _row_parts(row, index: int) -> tuple[str | list[dict], str, bool]:
+    if not isinstance(row, Mapping):
+        raise RowError(f"row {index}: expected an object with prompt/messages, completion and label")
+    prompt = row.get("prompt", row.get("messages"))
+    if prompt is None:
+        raise RowError(f"row {index}: needs 'prompt' (text or chat messages) or 'messages'")
+    if not isinstance(prompt, str):
+        prompt = _as_messages(prompt, index=index, field="prompt")
+    completion = row.get("completion")
+    if isinstance(completion, list):
+        messages = _as_messages(completion, index=index, field="completion")
+        completion = "".join(m["content"] for m in messages)
+    if not isinstance(completion, str) or not completion:
+        raise RowError(f"row {index}: 'completion' must be non-empty text")
+    label = row.get("label")
+    if not isinstance(label, bool):
+        raise RowError(f"row {index}: 'label' must be true (desirable) or false (undesirable), got {label!r}")
+    return prompt, completion, label
+
+
+def render_prompt(prompt: str | list[dict], tokenizer) -> str:
+    """The prompt text the model sees, up to where the completion starts."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, str):
+        return prompt
+    # No template: a plain transcript ending where the assistant speaks.
+    return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: "
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts a BOS in front of plain text by default (Llama-style)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return bool(with_special) and with_special[0] == bos and without[:1] != [bos]
+
+
+def tokenize_rows(rows: Iterable[Mapping], tokenizer) -> list[Example]:
+    """Validate and tokenise rows (no truncation yet: see :func:`truncate`)."""
+    parts = [_row_parts(row, i) for i, row in enumerate(rows)]
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: KTO needs one after each completion")
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    prefix = (bos,) if adds_bos(tokenizer) else ()
+    prompts = tokenizer([render_prompt(p, tokenizer) for p, _, _ in parts], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([c for _, c, _ in parts], add_special_tokens=False)["input_ids"]
+    examples = []
+    for (_, _, label), p_ids, c_ids in zip(parts, prompts, completions, strict=True):
+        # We add the BOS ourselves; a template that writes it too would double it.
+        if prefix and p_ids[:1] == [bos]:
+            p_ids = p_ids[1:]
+        examples.append(Example(prefix, tuple(p_ids), tuple(c_ids) + (eos,), label))
+    return examples
+
+
+def truncate(example_prefix: Sequence[int], prompt: Sequence[int], completion: Sequence[int], *,
+             max_length: int, prompt_budget: int) -> tuple[list[int], list[int]]:
+    """(prompt tokens with prefix, completion tokens) fitting in ``max_length``.
+
+    When both do not fit, the prompt keeps its last ``max(prompt_budget,
+    room left by the whole completion)`` tokens and the completion its first
+    ones; the completion always keeps at least one token.
+    """
+    room = max_length - len(example_prefix)
+    if len(prompt) + len(completion) <= room:
+        return list(example_prefix) + list(prompt), list(completion)
+    keep_prompt = min(len(prompt), max(prompt_budget, room - len(completion)), room - 1)
+    keep_completion = room - keep_prompt
+    kept_prompt = list(prompt[len(prompt) - keep_prompt:]) if keep_prompt > 0 else []
+    return list(example_prefix) + kept_prompt, list(completion[:keep_completion])
+
+
+def kl_partner(i: int, m: int, pairing: str) -> int:
+    """Index of the example whose completion is paired with prompt i (m >= 2)."""
+    if pairing == "next":
+        return (i + 1) % m
+    if pairing == "previous":
+        return (i - 1) % m
+    raise ValueError(f"pairing must be 'next' or 'previous', got {pairing!r}")
+
+
+def _pad(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Sequences:
+    width = max(len(p) + len(c) for p, c in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(pairs), width), dtype=torch.long)
+    completion = torch.zeros((len(pairs), width), dtype=torch.bool)
+    for row, (p, c) in enumerate(pairs):
+        n = len(p) + len(c)
+        ids[row, :n] = torch.tensor(p + c, dtype=torch.long)
+        attention[row, :n] = 1
+        completion[row, len(p):n] = True
+    return Sequences(ids, attention, completion)
+
+
+def collate(examples: Sequence[Example], indices: Sequence[int], *, max_length: int, prompt_budget: int,
+            pad_id: int, pairing: str = "next", with_kl: bool = True) -> Batch:
+    """One microbatch of ``examples[indices]`` with its KL pairs."""
+    chosen = [examples[i] for i in indices]
+    m = len(chosen)
+    if with_kl and m < 2:
+        raise ValueError("a microbatch needs >= 2 examples for the KL estimate")
+
+    def fit(prompt_of: Example, completion_of: Example):
+        return truncate(prompt_of.prefix, prompt_of.prompt, completion_of.completion,
+                        max_length=max_length, prompt_budget=prompt_budget)
+
+    matched = [fit(e, e) for e in chosen]
+    kl = [fit(chosen[i], chosen[kl_partner(i, m, pairing)]) for i in range(m)] if with_kl else None
+    return Batch(
+        indices=list(indices),
+        matched=_pad(matched, pad_id),
+        kl=_pad(kl, pad_id) if kl is not None else None,
+        labels=torch.tensor([e.label for e in chosen], dtype=torch.bool),
+        num_tokens=sum(len(p) + len(c) for p, c in matched),
+    )
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, *, seed: int, group_by_length: bool,
+                 shuffle: bool = True) -> list[list[int]]:
+    """Fixed microbatch composition for a whole job.
+
+    Shuffled with ``seed``; with ``group_by_length``, each window of 32
+    batches is sorted by length before being cut, so a batch wastes little
+    padding while batches still mix the data. A last batch of one example
+    joins the one before it (a batch of one has no KL partner).
+    """
+    order = list(range(len(lengths)))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    if group_by_length:
+        window = batch_size * 32
+        order = [i for start in range(0, len(order), window)
+                 for i in sorted(order[start:start + window], key=lambda i: -lengths[i])]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2].extend(batches.pop())
+    return batches
+
+
+def pad_token_id(tokenizer) -> int:
+    """Padding id: never scored, so any real id works when the tokenizer has none."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return candidate
+    return 0

@@ -1,0 +1,69 @@
+"""Summed completion log-probs: log pi(y|x) = sum_t log p(y_t | x, y_<t).
+
+The vocabulary projection (a 49k-wide matmul for SmolLM2) runs only at the
+positions that predict a completion token: the decoder's hidden states are
+gathered there first and the LM head is applied to those rows alone. Models
+whose logits are more than ``head(hidden)`` (soft-capping, logit scaling) use
+the plain full-logits path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from alignment.data import Sequences
+
+# Config attributes that post-process logits after the LM head.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _split_head(model):
+    """(decoder, lm_head) of a causal LM, PEFT-wrapped or not; None if unsafe."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_POSTPROCESSING):
+        return None
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if get_decoder is not None else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is None or head is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def _attention_mask(seqs: Sequences):
+    # All ones: let attention take its causal fast path.
+    return None if bool(seqs.attention_mask.all()) else seqs.attention_mask
+
+
+def _sum_per_row(token_logps: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    # Scatter back to (B, T-1) and reduce along T: the same summation order as
+    # the naive path (a sequential index_add drifts by ~1e-4 on long sums in fp32).
+    dense = torch.zeros(scored.shape, dtype=token_logps.dtype, device=token_logps.device)
+    dense[scored] = token_logps
+    return dense.sum(-1)
+
+
+def sequence_logps(model, seqs: Sequences) -> torch.Tensor:
+    """(B,) summed log-probs of the completion tokens of ``seqs`` under ``model``.
+
+    Gradients flow when called with autograd on; the result is fp32.
+    """
+    split = _split_head(model)
+    if split is None:
+        return naive_sequence_logps(model, seqs)
+    decoder, head = split
+    hidden = decoder(input_ids=seqs.input_ids, attention_mask=_attention_mask(seqs)).last_hidden_state
+    # Position t predicts token t+1: score hidden[:, t] where token t+1 is a completion token.
+    scored = seqs.completion_mask[:, 1:]
+    logits = head(hidden[:, :-1][scored]).float()  # (N, V), N = completion tokens in the batch
+    token_logps = -F.cross_entropy(logits, seqs.input_ids[:, 1:][scored], reduction="none")
+    return _sum_per_row(token_logps, scored)
+
+
+def naive_sequence_logps(model, seqs: Sequences) -> torch.Tensor:
+    """Reference implementation: log_softmax over the full logits, then gather."""
+    logits = model(input_ids=seqs.input_ids, attention_mask=seqs.attention_mask).logits[:, :-1].float()
+    logps = torch.log_softmax(logits, dim=-1).gather(-1, seqs.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (logps * seqs.completion_mask[:, 1:]).sum(-1)

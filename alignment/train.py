@@ -1,0 +1,404 @@
+"""train_kto: rows in, a KTO-aligned LoRA adapter and its metrics out.
+
+The loop reads top to bottom: tokenise, plan microbatches, attach LoRA,
+precompute the reference, then per optimiser step: poll for cancellation,
+forward/backward each microbatch, clip, step, report, checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alignment.config import KTOConfig
+from alignment.data import Batch, Example, collate, pad_token_id, plan_batches, tokenize_rows
+from alignment.logps import sequence_logps
+from alignment.lora import attach_lora
+from alignment.loss import kto_loss
+from alignment.weights import ClassWeights, class_weights
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class TrainingCancelled(Exception):
+    """Raised by train_kto when ``should_stop()`` returned True: there is no
+    result, and nothing may be published. ``step`` optimiser steps were done."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training cancelled after {step} step(s)")
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    model: object  # the PeftModel; ``model.save_pretrained(dir)`` writes the adapter
+    history: list[dict]  # one metrics dict per optimiser step
+    metrics: dict  # final figures: the last step's, plus totals
+    weights: ClassWeights  # lambda_D, lambda_U used, and why
+    config: KTOConfig
+    target_modules: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- runtime
+
+def resolve_device(config: KTOConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def resolve_dtype(config: KTOConfig, device: torch.device) -> torch.dtype:
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, config.dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- data plan
+
+class Plan:
+    """Which microbatches make up which optimiser step.
+
+    The composition of microbatches is fixed for the job (so each example
+    has one KL partner and the reference log-probs are computed once); their
+    order is reshuffled every epoch. Microbatch k of the job is a pure
+    function of k, so a resumed run sees exactly the same data.
+    """
+
+    def __init__(self, examples: Sequence[Example], config: KTOConfig):
+        if len(examples) < 2 and config.kl_mode == "estimate":
+            raise ValueError("KTO needs at least 2 rows (the KL estimate pairs examples within a microbatch)")
+        self.batches = plan_batches([e.num_tokens for e in examples], config.batch_size,
+                                    seed=config.seed, group_by_length=config.group_by_length)
+        self.seed = config.seed
+        self.grad_accumulation = config.grad_accumulation
+        n = len(self.batches)
+        if config.max_steps is not None:
+            self.total_steps = config.max_steps
+            self.total_microbatches = config.max_steps * config.grad_accumulation
+        else:
+            self.total_microbatches = config.num_epochs * n
+            self.total_steps = math.ceil(self.total_microbatches / config.grad_accumulation)
+        self._orders: dict[int, list[int]] = {}
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            order = list(range(len(self.batches)))
+            random.Random(f"{self.seed}:{epoch}").shuffle(order)
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def microbatch(self, k: int) -> list[int]:
+        epoch, position = divmod(k, len(self.batches))
+        return self.batches[self._order(epoch)[position]]
+
+    def step_microbatches(self, step: int) -> range:
+        start = step * self.grad_accumulation
+        return range(start, min(start + self.grad_accumulation, self.total_microbatches))
+
+
+# ---------------------------------------------------------------- forward helpers
+
+class Collator:
+    def __init__(self, examples: Sequence[Example], tokenizer, config: KTOConfig, device: torch.device):
+        self.examples = examples
+        self.pad_id = pad_token_id(tokenizer)
+        self.config = config
+        self.device = device
+
+    def __call__(self, indices: Sequence[int]) -> Batch:
+        c = self.config
+        batch = collate(self.examples, indices, max_length=c.max_length, prompt_budget=c.prompt_budget,
+                        pad_id=self.pad_id, pairing=c.kl_pairing, with_kl=c.kl_mode == "estimate")
+        batch.matched = batch.matched.to(self.device)
+        batch.kl = batch.kl.to(self.device) if batch.kl is not None else None
+        batch.labels = batch.labels.to(self.device)
+        return batch
+
+
+def reference_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(matched, kl) summed log-probs under pi_ref: the adapter disabled, eval mode, no autograd."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), model.disable_adapter():
+            matched = sequence_logps(model, batch.matched)
+            kl = sequence_logps(model, batch.kl) if batch.kl is not None else None
+    finally:
+        model.train(was_training)
+    # Plain tensors (not inference tensors): they enter the loss's autograd graph.
+    return matched.clone(), kl.clone() if kl is not None else None
+
+
+class ReferenceCache:
+    """pi_ref log-probs of every example's matched and KL pair, computed once."""
+
+    def __init__(self, n: int):
+        self.matched = torch.full((n,), float("nan"))
+        self.kl = torch.full((n,), float("nan"))
+
+    def fill(self, model, collator: Collator, batches: Sequence[Sequence[int]],
+             should_stop: Callable[[], bool] | None) -> None:
+        for indices in batches:
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(0)
+            batch = collator(indices)
+            matched, kl = reference_logps(model, batch)
+            idx = torch.tensor(batch.indices)
+            self.matched[idx] = matched.float().cpu()
+            if kl is not None:
+                self.kl[idx] = kl.float().cpu()
+
+    def get(self, batch: Batch, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = torch.tensor(batch.indices)
+        kl = self.kl[idx].to(device) if batch.kl is not None else None
+        return self.matched[idx].to(device), kl
+
+    def state_dict(self) -> dict:
+        return {"matched": self.matched, "kl": self.kl}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.matched, self.kl = state["matched"].clone(), state["kl"].clone()
+
+
+def lr_lambda(config: KTOConfig, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup (never a zero-lr step), then cosine / linear decay or constant."""
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if config.lr_schedule == "linear":
+            return 1 - progress
+        return 1.0
+
+    return factor
+
+
+def _class_means(values: torch.Tensor, labels: torch.Tensor) -> tuple[float | None, float | None]:
+    def mean(mask):
+        return float(values[mask].mean()) if bool(mask.any()) else None
+    return mean(labels), mean(~labels)
+
+
+def summarize(losses, rewards, logps, labels, kls) -> dict:
+    """Per-class means of one step's (or one evaluation's) examples."""
+    rewards, logps, labels = torch.cat(rewards), torch.cat(logps), torch.cat(labels)
+    reward_d, reward_u = _class_means(rewards, labels)
+    logps_d, logps_u = _class_means(logps, labels)
+    return {
+        "loss": float(torch.stack(losses).mean()),
+        "kl": float(torch.stack(kls).mean()),
+        "reward_desirable": reward_d,
+        "reward_undesirable": reward_u,
+        "reward_margin": reward_d - reward_u if reward_d is not None and reward_u is not None else None,
+        "logps_desirable": logps_d,
+        "logps_undesirable": logps_u,
+    }
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _fingerprint(examples: Sequence[Example], config: KTOConfig) -> str:
+    """What must match for a checkpoint to continue this run."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "device")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for e in examples:
+        digest.update(json.dumps([e.prefix, e.prompt, e.completion, e.label]).encode())
+    return digest.hexdigest()
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, *, step, model, optimizer, scheduler, history, reference, fingerprint) -> None:
+    state = {
+        "step": step,
+        "fingerprint": fingerprint,
+        "adapter": {n: p.detach().cpu().clone() for n, p in _trainable(model).items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "history": history,
+        "reference": reference.state_dict() if reference is not None else None,
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng_python": random.getstate(),
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / f".{CHECKPOINT_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path / CHECKPOINT_FILE)  # atomic: a crash leaves the previous checkpoint
+    log.info("checkpoint at step %d in %s", step, path)
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, reference, fingerprint) -> tuple[int, list[dict]]:
+    state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"checkpoint in {path} was written for other rows or hyper-parameters; "
+            "delete it or train with resume=False"
+        )
+    params = _trainable(model)
+    with torch.no_grad():
+        for name, value in state["adapter"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if reference is not None and state["reference"] is not None:
+        reference.load_state_dict(state["reference"])
+    torch.set_rng_state(state["rng_torch"])
+    if state["rng_cuda"]:
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    random.setstate(state["rng_python"])
+    log.info("resumed from step %d in %s", state["step"], path)
+    return state["step"], list(state["history"])
+
+
+# ---------------------------------------------------------------- the trainer
+
+def train_kto(
+    model,
+    tokenizer,
+    rows: Sequence[Mapping],
+    config: KTOConfig,
+    *,
+    on_progress: Callable[[int, int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a LoRA adapter on ``rows`` with the KTO loss.
+
+    ``model`` is a causal LM: a plain base model gets a fresh LoRA adapter
+    (PEFT injects it in place; the base weights stay frozen and unchanged),
+    a PeftModel has its active adapter trained further. The reference
+    pi_ref is the same network with the adapter disabled.
+
+    ``on_progress(step, total_steps, metrics)`` is called after every
+    optimiser step. ``should_stop()`` is polled before every step (and while
+    the reference is precomputed); when it returns True, :class:`TrainingCancelled`
+    is raised: no result exists and nothing may be published.
+
+    With ``checkpoint_dir`` and ``config.checkpoint_every`` > 0 a checkpoint
+    (adapter, optimizer, scheduler, step, RNG state, history) is written
+    every N steps; ``resume=True`` continues from it (a fresh start when there
+    is none), giving the same losses as an uninterrupted run.
+    """
+    device = resolve_device(config)
+    dtype = resolve_dtype(config, device)
+    seed_everything(config.seed)
+
+    examples = tokenize_rows(rows, tokenizer)
+    n_desirable = sum(e.label for e in examples)
+    weights = class_weights(n_desirable, len(examples) - n_desirable,
+                            desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight,
+                            allow_single_class=config.allow_single_class)
+    plan = Plan(examples, config)
+    collate_fn = Collator(examples, tokenizer, config, device)
+    log.info("KTO: %d rows (%d desirable), %d microbatches, %d steps; weights %.3f/%.3f (%s)",
+             len(examples), n_desirable, len(plan.batches), plan.total_steps,
+             weights.desirable, weights.undesirable, weights.reason)
+
+    # Cast the base before attaching LoRA: PEFT then keeps the adapter in fp32.
+    model = attach_lora(model.to(device=device, dtype=dtype), config).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, plan.total_steps))
+
+    reference = ReferenceCache(len(examples)) if config.precompute_reference else None
+    fingerprint = _fingerprint(examples, config)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    start_step, history = 0, []
+    if resume and ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():
+        start_step, history = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                                              reference=reference, fingerprint=fingerprint)
+    if reference is not None and bool(reference.matched.isnan().any()):  # not restored from a checkpoint
+        started = time.perf_counter()
+        reference.fill(model, collate_fn, plan.batches, should_stop)
+        log.info("reference log-probs of %d examples in %.1f s", len(examples), time.perf_counter() - started)
+
+    run_started = time.perf_counter()
+    for step in range(start_step, plan.total_steps):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(step)
+        step_started = time.perf_counter()
+        micro = plan.step_microbatches(step)
+        losses, rewards, logps, labels, kls, tokens = [], [], [], [], [], 0
+        for k in micro:
+            batch = collate_fn(plan.microbatch(k))
+            if reference is not None:
+                ref, ref_kl = reference.get(batch, device)
+            else:
+                ref, ref_kl = reference_logps(model, batch)
+            policy = sequence_logps(model, batch.matched)
+            # z0 carries no gradient, so its policy forward needs no graph.
+            with torch.no_grad():
+                policy_kl = sequence_logps(model, batch.kl) if batch.kl is not None else None
+            out = kto_loss(policy, ref, policy_kl, ref_kl, batch.labels, beta=config.beta,
+                           desirable_weight=weights.desirable, undesirable_weight=weights.undesirable)
+            (out.loss / len(micro)).backward()
+            losses.append(out.loss.detach())
+            rewards.append(out.rewards)
+            logps.append(policy.detach())
+            labels.append(batch.labels)
+            kls.append(out.kl)
+            tokens += batch.num_tokens
+
+        clip = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        elapsed = time.perf_counter() - step_started
+        metrics = {
+            "step": step + 1,
+            "epoch": (micro.stop) / len(plan.batches),
+            **summarize(losses, rewards, logps, labels, kls),
+            "grad_norm": float(grad_norm),
+            "learning_rate": lr,
+            "tokens": tokens,
+            "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
+        }
+        history.append(metrics)
+        if on_progress is not None:
+            on_progress(step + 1, plan.total_steps, metrics)
+        if ckpt is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+            save_checkpoint(ckpt, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
+                            history=history, reference=reference, fingerprint=fingerprint)
+
+    model.eval()
+    runtime = time.perf_counter() - run_started
+    total_tokens = sum(h["tokens"] for h in history)
+    final = dict(history[-1]) if history else {}
+    final.update({
+        "steps": plan.total_steps,
+        "train_loss_mean": sum(h["loss"] for h in history) / len(history) if history else None,
+        "total_tokens": total_tokens,
+        "runtime_s": runtime,
+    })
+    targets = sorted(next(iter(model.peft_config.values())).target_modules or [])
+    return TrainResult(model=model, history=history, metrics=final, weights=weights, config=config,
+                       target_modules=targets)
