@@ -1,0 +1,443 @@
+"""Adapter versions: immutable, atomically published LoRA folders with moving aliases.
+
+Layout under ``settings.artifacts_dir``::
+
+    adapters/<name>/<version>/   adapter_config.json, adapter_model.safetensors, README.md, manifest.json
+    adapters/<name>/.tmp-<uuid>/ a publish in progress (or a crashed one)
+
+Publishing copies the staged PEFT output into a temporary folder, checksums
+it, takes a per-adapter lock (a Postgres advisory lock; SQLite's write lock),
+allocates the next version (max + 1), writes the manifest, renames the folder
+to ``<name>/<version>`` and commits the row together with the move of
+``latest``. A crash before the rename leaves only a ``.tmp-*`` folder; a crash
+between the rename and the commit leaves a version folder without a row.
+Neither is visible (everything is looked up through the database), and
+:func:`cleanup_leftovers` removes both. Because the lock is held from the
+allocation to the commit, publishers of one adapter never race for a number.
+
+Aliases: ``latest`` follows publishing and cannot be moved by hand. Any other
+alias (``champion``, ``staging`` ...) is moved with :func:`move_alias`, a
+compare-and-swap: with ``expected_version`` the move happens only when the
+alias points there now (a missing alias never matches: 409); without it the
+move is unconditional and creates the alias if needed. Every move is kept in
+the alias history; moving to the version it already points to is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.base_models import check_name, file_sha256
+from core.errors import Conflict, InvalidInput, NotFound
+from core.models import AdapterAlias, AdapterVersion, AliasHistory, BaseModelRecord, Snapshot, utcnow
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+GENERATED_FILES = ("README.md", "manifest.json")
+TMP_PREFIX = ".tmp-"
+# A .tmp-* folder younger than this may belong to a publish still copying files.
+TMP_GRACE_S = 3600.0
+MANIFEST_FORMAT = "prospect-adapter/1"
+_CHUNK = 1 << 20
+_TAR_BLOCK = 512
+_TAR_RECORD = 20 * _TAR_BLOCK
+
+
+def adapters_root(settings: Settings) -> Path:
+    return settings.artifacts_dir / "adapters"
+
+
+def version_dir(settings: Settings, version: AdapterVersion) -> Path:
+    return settings.artifacts_dir / version.path
+
+
+def _lock_adapter(session: Session, adapter_name: str) -> None:
+    """Serialise publishers (and the cleaner) of one adapter until the transaction ends.
+
+    On SQLite every transaction starts with BEGIN IMMEDIATE, which already holds
+    the database's write lock; on Postgres a transaction-scoped advisory lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"prospect-adapter:{adapter_name}".encode()).digest()[:8], "big",
+                             signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        session.execute(text("SELECT 1"))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _file_entry(path: Path) -> dict:
+    return {"name": path.name, "sha256": file_sha256(path), "size": path.stat().st_size}
+
+
+def _stage(staged: Path, tmp: Path, *, base_model_name: str) -> list[dict]:
+    """Copy the PEFT output into ``tmp`` (config pointing at the base model); returns the file entries."""
+    missing = [name for name in REQUIRED_FILES if not (staged / name).is_file()]
+    if missing:
+        raise InvalidInput(f"{staged} lacks {', '.join(missing)}: give the folder PEFT's save_pretrained wrote")
+    try:
+        config = json.loads((staged / "adapter_config.json").read_text())
+    except ValueError as exc:
+        raise InvalidInput(f"{staged / 'adapter_config.json'} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{staged / 'adapter_config.json'} is not a JSON object")
+    config["base_model_name_or_path"] = base_model_name
+    _write_bytes(tmp / "adapter_config.json", _json_bytes(config))
+    for src in sorted(staged.iterdir()):
+        if src.is_file() and src.name not in GENERATED_FILES and src.name != "adapter_config.json":
+            shutil.copyfile(src, tmp / src.name)
+    return [_file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()]
+
+
+def _readme(*, adapter_name: str, version: int, base_model: BaseModelRecord) -> str:
+    return f"""# {adapter_name} v{version}
+
+A LoRA adapter trained with KTO by Prospect on thumbs-up/down feedback.
+Base model: `{base_model.name}` (weights sha256 `{base_model.sha256}`, from `{base_model.source}`).
+`manifest.json` lists every file with its sha256, the snapshot, the job, the
+hyper-parameters, the class weights and the held-out metrics.
+
+## PEFT
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{base_model.source}")
+tokenizer = AutoTokenizer.from_pretrained("{base_model.source}")
+model = PeftModel.from_pretrained(base, "path/to/{adapter_name}-v{version}")
+```
+
+## vLLM
+
+```bash
+vllm serve {base_model.source} --enable-lora \\
+    --lora-modules {adapter_name}=path/to/{adapter_name}-v{version}
+```
+"""
+
+
+def _manifest(*, adapter_name: str, version: int, files: list[dict], base_model: BaseModelRecord,
+              snapshot: Snapshot | None, job_id: str | None, hyperparameters: dict, class_counts: dict,
+              class_weights: dict, eval_metrics: dict, created_at: str) -> dict:
+    return {
+        "format": MANIFEST_FORMAT,
+        "adapter": adapter_name,
+        "version": version,
+        "created_at": created_at,
+        "files": files,
+        "base_model": {"name": base_model.name, "sha256": base_model.sha256, "source": base_model.source,
+                       "revision": base_model.revision, "architecture": base_model.architecture},
+        "snapshot": None if snapshot is None else {
+            "id": snapshot.id, "content_hash": snapshot.content_hash, "n_rows": snapshot.n_rows,
+            "n_desirable": snapshot.n_desirable, "n_undesirable": snapshot.n_undesirable,
+            "cutoff": snapshot.cutoff.isoformat(),
+        },
+        "job_id": job_id,
+        "hyperparameters": hyperparameters,
+        "class_counts": class_counts,
+        "class_weights": class_weights,
+        "eval_metrics": eval_metrics,
+    }
+
+
+def _rename_into_place(tmp: Path, final: Path) -> None:
+    os.rename(tmp, final)
+
+
+def publish_adapter_version(
+    session_factory: Callable[[], Session],
+    *,
+    settings: Settings,
+    adapter_name: str,
+    staged_dir: Path,
+    job_id: str | None,
+    base_model: BaseModelRecord,
+    snapshot: Snapshot | None,
+    hyperparameters: dict,
+    class_counts: dict,
+    class_weights: dict,
+    eval_metrics: dict,
+) -> AdapterVersion:
+    """Publish ``staged_dir`` as the next version of ``adapter_name`` and point ``latest`` at it.
+
+    Commits in its own session. Either the folder, its row and the alias move
+    all become visible, or nothing does.
+    """
+    check_name(adapter_name, what="adapter")
+    parent = adapters_root(settings) / adapter_name
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        files = _stage(Path(staged_dir), tmp, base_model_name=base_model.name)
+        with session_factory() as session:
+            _lock_adapter(session, adapter_name)
+            version = (session.scalar(select(func.max(AdapterVersion.version))
+                                      .where(AdapterVersion.adapter_name == adapter_name)) or 0) + 1
+            final = parent / str(version)
+            if final.exists():
+                # No row has this number and we hold the lock: a crash left it between rename and commit.
+                log.warning("removing %s: left by a publish that crashed before its commit", final)
+                shutil.rmtree(final)
+            created_at = utcnow()
+            readme = _readme(adapter_name=adapter_name, version=version, base_model=base_model)
+            _write_bytes(tmp / "README.md", readme.encode())
+            manifest = _manifest(
+                adapter_name=adapter_name, version=version, files=[*files, _file_entry(tmp / "README.md")],
+                base_model=base_model, snapshot=snapshot, job_id=job_id, hyperparameters=hyperparameters,
+                class_counts=class_counts, class_weights=class_weights, eval_metrics=eval_metrics,
+                created_at=created_at.isoformat(),
+            )
+            manifest["files"].sort(key=lambda f: f["name"])
+            manifest_bytes = _json_bytes(manifest)
+            _write_bytes(tmp / "manifest.json", manifest_bytes)
+            _rename_into_place(tmp, final)
+            try:
+                row = AdapterVersion(
+                    adapter_name=adapter_name, version=version,
+                    path=final.relative_to(settings.artifacts_dir).as_posix(), manifest=manifest,
+                    manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), job_id=job_id,
+                    base_model_id=base_model.id, snapshot_id=snapshot.id if snapshot else None,
+                    created_at=created_at,
+                )
+                session.add(row)
+                session.flush()
+                _set_alias(session, adapter_name=adapter_name, alias=LATEST, version=version,
+                           moved_by=f"publish (job {job_id})" if job_id else "publish")
+                session.commit()
+            except BaseException:
+                session.rollback()
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("published adapter %s v%d (job %s)", adapter_name, version, job_id)
+    return row
+
+
+def cleanup_leftovers(settings: Settings, session: Session, *, tmp_grace_s: float = TMP_GRACE_S) -> list[Path]:
+    """Remove what crashed publishes left: version folders without a row and stale ``.tmp-*`` folders.
+
+    Holds each adapter's publish lock while it looks, so a publish in flight is
+    never mistaken for a leftover; ends the session's transaction per adapter
+    (it writes nothing to the database). Returns the removed paths.
+    """
+    root = adapters_root(settings)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for parent in sorted(p for p in root.iterdir() if p.is_dir()):
+        _lock_adapter(session, parent.name)
+        known = set(session.scalars(select(AdapterVersion.version).where(AdapterVersion.adapter_name == parent.name)))
+        for child in sorted(parent.iterdir()):
+            orphan = child.name.isdigit() and int(child.name) not in known
+            stale_tmp = child.name.startswith(TMP_PREFIX) and now - child.stat().st_mtime >= tmp_grace_s
+            if child.is_dir() and (orphan or stale_tmp):
+                log.warning("removing leftover %s", child)
+                shutil.rmtree(child)
+                removed.append(child)
+        session.commit()
+    return removed
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+
+def list_adapters(session: Session) -> list[dict]:
+    """One entry per adapter name: versions count, newest version and its time, aliases."""
+    rows = session.execute(
+        select(AdapterVersion.adapter_name, func.count(), func.max(AdapterVersion.version),
+               func.max(AdapterVersion.created_at))
+        .group_by(AdapterVersion.adapter_name).order_by(AdapterVersion.adapter_name)
+    ).all()
+    aliases: dict[str, dict[str, int]] = {}
+    for a in session.scalars(select(AdapterAlias).order_by(AdapterAlias.alias)):
+        aliases.setdefault(a.adapter_name, {})[a.alias] = a.version
+    return [{"name": name, "n_versions": n, "latest_version": latest, "updated_at": updated,
+             "aliases": aliases.get(name, {})} for name, n, latest, updated in rows]
+
+
+def list_versions(session: Session, *, adapter_name: str) -> list[AdapterVersion]:
+    versions = list(session.scalars(select(AdapterVersion).where(AdapterVersion.adapter_name == adapter_name)
+                                    .order_by(AdapterVersion.version)))
+    if not versions:
+        raise NotFound(f"no adapter named {adapter_name!r}; see GET /v1/adapters")
+    return versions
+
+
+def resolve_version(session: Session, *, adapter_name: str, version_or_alias: str | int) -> AdapterVersion:
+    """An integer (or all-digit string) is a version number; anything else is an alias."""
+    ref = str(version_or_alias)
+    if ref.isdigit():
+        version = int(ref)
+    else:
+        alias = session.get(AdapterAlias, (adapter_name, ref))
+        if alias is None:
+            raise NotFound(f"adapter {adapter_name!r} has no alias {ref!r}")
+        version = alias.version
+    row = session.scalar(select(AdapterVersion).where(AdapterVersion.adapter_name == adapter_name,
+                                                      AdapterVersion.version == version))
+    if row is None:
+        raise NotFound(f"adapter {adapter_name!r} has no version {version}")
+    return row
+
+
+def aliases_of(session: Session, *, adapter_name: str) -> dict[str, int]:
+    return {a.alias: a.version for a in session.scalars(
+        select(AdapterAlias).where(AdapterAlias.adapter_name == adapter_name).order_by(AdapterAlias.alias))}
+
+
+def alias_history(session: Session, *, adapter_name: str, alias: str) -> list[AliasHistory]:
+    rows = list(session.scalars(select(AliasHistory).where(AliasHistory.adapter_name == adapter_name,
+                                                           AliasHistory.alias == alias).order_by(AliasHistory.id)))
+    if not rows:
+        raise NotFound(f"adapter {adapter_name!r} has no alias {alias!r}")
+    return rows
+
+
+# --- aliases ---------------------------------------------------------------------------------------------
+
+
+def _set_alias(session: Session, *, adapter_name: str, alias: str, version: int, moved_by: str | None,
+               expected_version: int | None = None) -> AdapterAlias:
+    current = session.scalar(select(AdapterAlias).where(AdapterAlias.adapter_name == adapter_name,
+                                                        AdapterAlias.alias == alias).with_for_update())
+    if expected_version is not None and (current is None or current.version != expected_version):
+        now = "does not exist yet" if current is None else f"points to version {current.version}"
+        raise Conflict(
+            f"alias {alias!r} of adapter {adapter_name!r} {now}, not to the expected version {expected_version}; "
+            "read it again and retry, or omit expected_version to move it unconditionally"
+        )
+    if current is not None and current.version == version:
+        return current
+    if current is None:
+        current = AdapterAlias(adapter_name=adapter_name, alias=alias, version=version, updated_at=utcnow())
+        session.add(current)
+        from_version = None
+    else:
+        from_version, current.version, current.updated_at = current.version, version, utcnow()
+    session.add(AliasHistory(adapter_name=adapter_name, alias=alias, from_version=from_version, to_version=version,
+                             moved_by=moved_by))
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:  # two unconditional creates of one alias at once (Postgres)
+        raise Conflict(f"alias {alias!r} of adapter {adapter_name!r} was created concurrently; retry") from exc
+    return current
+
+
+def move_alias(
+    session: Session,
+    *,
+    adapter_name: str,
+    alias: str,
+    version: int,
+    expected_version: int | None = None,
+    moved_by: str | None,
+) -> AdapterAlias:
+    """Point ``alias`` at ``version`` (compare-and-swap with ``expected_version``); flushes, caller commits."""
+    if alias[:1].isdigit():
+        raise InvalidInput(f"invalid alias {alias!r}: it must start with a letter (a number names a version)")
+    check_name(alias, what="alias")
+    if alias == LATEST:
+        raise InvalidInput("'latest' always points to the newest version and moves only when one is published; "
+                           "pin a version with another alias, e.g. 'champion'")
+    resolve_version(session, adapter_name=adapter_name, version_or_alias=int(version))
+    return _set_alias(session, adapter_name=adapter_name, alias=alias, version=version, moved_by=moved_by,
+                      expected_version=expected_version)
+
+
+# --- files and downloads ---------------------------------------------------------------------------------
+
+
+def version_file(settings: Settings, version: AdapterVersion, filename: str) -> tuple[Path, str | None]:
+    """Path and sha256 of one file of a version: only names the manifest lists, and manifest.json itself."""
+    if filename == "manifest.json":
+        return version_dir(settings, version) / filename, version.manifest_sha256
+    for entry in version.manifest.get("files", []):
+        if entry["name"] == filename:
+            return version_dir(settings, version) / entry["name"], entry["sha256"]
+    raise NotFound(f"adapter {version.adapter_name!r} v{version.version} has no file {filename!r}")
+
+
+def _tar_members(version: AdapterVersion) -> list[tuple[str, int | None]]:
+    members = [(f["name"], f["size"]) for f in version.manifest["files"]] + [("manifest.json", None)]
+    return sorted(members)
+
+
+def iter_tarball(settings: Settings, version: AdapterVersion) -> Iterator[bytes]:
+    """The version folder as a deterministic .tar.gz, streamed chunk by chunk.
+
+    Sorted names under ``<name>-v<version>/``, mtime = the version's creation
+    time, uid/gid 0, mode 0644, gzip header without name or time: the same
+    version always gives the same bytes (with the same zlib), hence a stable sha256.
+    """
+    folder = version_dir(settings, version)
+    prefix = f"{version.adapter_name}-v{version.version}/"
+    mtime = int(version.created_at.timestamp())
+    gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    written = 0
+    for name, size in _tar_members(version):
+        path = folder / name
+        actual = path.stat().st_size
+        if size is not None and actual != size:
+            raise Conflict(f"{path} changed on disk: {actual} bytes, the manifest says {size}")
+        info = tarfile.TarInfo(prefix + name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = actual, mtime, 0o644, "", ""
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        parts = [gz.compress(header)]
+        written += len(header)
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                parts.append(gz.compress(chunk))
+                written += len(chunk)
+                yield b"".join(parts)
+                parts = []
+        pad = -written % _TAR_BLOCK
+        parts.append(gz.compress(b"\0" * pad))
+        written += pad
+        yield b"".join(parts)
+    end = 2 * _TAR_BLOCK
+    end += -(written + end) % _TAR_RECORD
+    yield gz.compress(b"\0" * end) + gz.flush()
+
+
+def tarball_sha256(session: Session, *, settings: Settings, version: AdapterVersion) -> str:
+    """The download's sha256 (its ETag): computed on first use and kept on the row; caller commits."""
+    if version.tarball_sha256 is None:
+        digest = hashlib.sha256()
+        for chunk in iter_tarball(settings, version):
+            digest.update(chunk)
+        version.tarball_sha256 = digest.hexdigest()
+        session.flush()
+    return version.tarball_sha256
