@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from api.deps import AuthCache
 from api.errors import install_error_handlers
 from api.ratelimit import build_rate_limiter
-from api.routers import feedback, health
+from api.routers import feedback, health, jobs
 from core.db import get_engine, session_factory
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
@@ -34,4 +34,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(feedback.router)
+    app.include_router(jobs.router)
     return app

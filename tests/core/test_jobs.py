@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from core import jobs
 from core.db import session_scope
@@ -87,9 +88,8 @@ def test_one_running_job_per_adapter_is_a_database_rule(engine, base_model):
     assert (job.status, job.attempts, job.worker) == ("queued", 0, None)
     assert _claim(engine, other_adapter, worker=OTHER).outcome == "run"  # another adapter is free
     # The index itself refuses a second running row, whoever writes it.
-    with pytest.raises(Exception, match="(?i)unique"):
-        with session_scope(engine) as s:
-            s.get(AlignmentJob, second).status = "running"
+    with pytest.raises(IntegrityError, match="(?i)unique"), session_scope(engine) as s:
+        s.get(AlignmentJob, second).status = "running"
     with session_scope(engine) as s:
         jobs.fail(s, job_id=first, worker=ME, error="boom")
     assert _claim(engine, second, worker=OTHER).outcome == "run"

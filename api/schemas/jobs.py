@@ -1,0 +1,91 @@
+"""Request and response models of /v1/jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = Field(description="Adapter name; each published version is <adapter> vN.", max_length=100)
+    base_model: str = Field(description="A registered base model name (GET /v1/base-models).", max_length=200)
+    snapshot_id: str | None = Field(None, description="Train on this snapshot; default: take a new one.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the alignment config (KTOConfig fields), e.g. {\"beta\": 0.2}."
+    )
+    snapshot_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the snapshot taken when snapshot_id is absent "
+        "(aggregation: majority|latest|all, one_y_per_x)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Pipeline options: heldout_fraction (0.2), gate_min_loss_improvement "
+        "(0.0), gate_min_reward_margin (0.0)."
+    )
+    force_publish: bool = Field(False, description="Publish even when the held-out gate would refuse.")
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+
+
+class ClassCounts(BaseModel):
+    desirable: int | None
+    undesirable: int | None
+
+
+class AdapterVersionRef(BaseModel):
+    id: int
+    adapter: str
+    version: int
+
+
+class JobOut(BaseModel):
+    id: str
+    adapter: str
+    base_model: str
+    status: JobStatus
+    progress: Progress
+    metrics: dict[str, Any] | None = Field(description="The latest training step's metrics.")
+    class_counts: ClassCounts = Field(description="Labels in the snapshot.")
+    class_weights: dict[str, Any] | None = Field(description="lambda_D, lambda_U used, and the reason.")
+    eval_metrics: dict[str, Any] | None = Field(description="Held-out figures of adapter and reference; the gate.")
+    snapshot_id: str | None
+    policy_id: str | None
+    adapter_version: AdapterVersionRef | None
+    config: dict[str, Any]
+    snapshot_options: dict[str, Any]
+    options: dict[str, Any]
+    force_publish: bool
+    cancel_requested: bool
+    error: str | None
+    attempts: int
+    max_attempts: int
+    resumed_from_step: int | None
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut]
+
+
+class JobMetricOut(BaseModel):
+    step: int
+    attempt: int
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class JobMetricsOut(BaseModel):
+    job_id: str
+    steps: list[JobMetricOut]
