@@ -126,17 +126,15 @@ def _check_text(name: str, value: str, limits: Limits, *, allow_empty: bool = Fa
         raise _bad(name, "must not be empty")
     if "\x00" in value:
         raise _bad(name, "must not contain NUL (\\u0000) characters")
-    # 4 bytes per character is the UTF-8 maximum: skip the encode for short strings.
-    if len(value) * 4 > limits.max_text_bytes:
-        try:
-            size = len(value.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise _bad(name, "is not valid Unicode (lone surrogate)") from None
-        if size > limits.max_text_bytes:
-            raise PayloadTooLarge(
-                f"{name}: {size} bytes exceeds the limit of {limits.max_text_bytes} bytes",
-                details=[{"field": name, "message": f"longer than {limits.max_text_bytes} bytes"}],
-            )
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise _bad(name, "is not valid Unicode (lone surrogate)") from None
+    if size > limits.max_text_bytes:
+        raise PayloadTooLarge(
+            f"{name}: {size} bytes exceeds the limit of {limits.max_text_bytes} bytes",
+            details=[{"field": name, "message": f"longer than {limits.max_text_bytes} bytes"}],
+        )
 
 
 def _check_short(name: str, value: str | None) -> None:
@@ -432,7 +430,8 @@ def get_event(engine: Engine, *, event_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no feedback event with event_id '{event_id}'")
     # str(): column keys may be str subclasses, which orjson refuses as dict keys.
-    out = {str(k): row[k] for k in EVENTS.c if k not in ("id", "api_key_id", "prompt_key", "pair_key")}
+    hidden = ("id", "api_key_id", "prompt_key", "pair_key")
+    out = {str(c.key): row[c.key] for c in EVENTS.c if c.key not in hidden}
     out["label"] = "up" if row["label"] else "down"
     out["counted"] = bool(row["counted"])
     return out
