@@ -340,17 +340,16 @@ def _set_alias(session: Session, *, adapter_name: str, alias: str, version: int,
         )
     if current is not None and current.version == version:
         return current
-    if current is None:
-        current = AdapterAlias(adapter_name=adapter_name, alias=alias, version=version, updated_at=utcnow())
-        session.add(current)
-        from_version = None
-    else:
-        from_version, current.version, current.updated_at = current.version, version, utcnow()
-    session.add(AliasHistory(adapter_name=adapter_name, alias=alias, from_version=from_version, to_version=version,
-                             moved_by=moved_by))
     try:
         with session.begin_nested():
-            session.flush()
+            if current is None:
+                current = AdapterAlias(adapter_name=adapter_name, alias=alias, version=version, updated_at=utcnow())
+                session.add(current)
+                from_version = None
+            else:
+                from_version, current.version, current.updated_at = current.version, version, utcnow()
+            session.add(AliasHistory(adapter_name=adapter_name, alias=alias, from_version=from_version,
+                                     to_version=version, moved_by=moved_by))
     except IntegrityError as exc:  # two unconditional creates of one alias at once (Postgres)
         raise Conflict(f"alias {alias!r} of adapter {adapter_name!r} was created concurrently; retry") from exc
     return current

@@ -146,10 +146,9 @@ def register_base_model(
     record = BaseModelRecord(
         name=name, source=source, revision=revision, path=str(folder), sha256=sha, architecture=architecture
     )
-    session.add(record)
     try:
         with session.begin_nested():
-            session.flush()
+            session.add(record)
     except IntegrityError as exc:
         raise Conflict(f"a base model named {name!r} is already registered; choose another name") from exc
     log.info("registered base model %s at %s (sha256 %s)", name, folder, sha)
