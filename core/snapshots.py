@@ -35,14 +35,17 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import select
+from sqlalchemy import Engine, Result, create_engine, select
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import FeedbackEvent, Snapshot, Vote, new_id, utcnow
@@ -195,6 +198,33 @@ def _votes_query(filters: SnapshotFilters, cutoff: datetime):
     return stmt
 
 
+@lru_cache(maxsize=8)
+def _sqlite_reader(url: str) -> Engine:
+    # A plain pysqlite engine: no BEGIN IMMEDIATE, so a SELECT runs in its own
+    # WAL read snapshot and never holds the write lock that ingestion needs.
+    return create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+
+
+@contextmanager
+def _streamed(session: Session, stmt) -> Iterator[Result]:
+    """Run ``stmt`` as one consistent, streamed read (server-side cursor on Postgres).
+
+    On SQLite the read goes through its own connection so that a long snapshot
+    does not stall ingestion; it sees what is committed, not the session's
+    pending changes.
+    """
+    bind = session.get_bind()
+    own = bind.dialect.name == "sqlite"
+    conn = _sqlite_reader(bind.url.render_as_string(hide_password=False)).connect() if own else session.connection()
+    result = conn.execute(stmt, execution_options={"yield_per": STREAM_BATCH})
+    try:
+        yield result
+    finally:
+        result.close()
+        if own:
+            conn.close()
+
+
 def _selected(rows: Iterable, filters: SnapshotFilters, *, snapshot_id: str) -> Iterator:
     """The rows that pass the metadata tags, logging progress on long reads."""
     for n, row in enumerate(rows, 1):
@@ -232,11 +262,10 @@ def create_snapshot(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp")
 
-    result = session.execute(_votes_query(filters, cutoff), execution_options={"yield_per": STREAM_BATCH})
-    votes = _selected(result, filters, snapshot_id=snapshot.id)
     digest, n_desirable, n_undesirable = hashlib.sha256(), 0, 0
     try:
-        with open(tmp, "wb", buffering=1 << 20) as fh:
+        with _streamed(session, _votes_query(filters, cutoff)) as result, open(tmp, "wb", buffering=1 << 20) as fh:
+            votes = _selected(result, filters, snapshot_id=snapshot.id)
             for row in _aggregate(votes, options):
                 line = _encode(row)
                 fh.write(line)
@@ -251,8 +280,6 @@ def create_snapshot(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        result.close()
     snapshot.content_hash = digest.hexdigest()
     snapshot.n_desirable, snapshot.n_undesirable = n_desirable, n_undesirable
     snapshot.n_rows = n_desirable + n_undesirable

@@ -179,3 +179,29 @@ def test_invalid_filters_and_options_are_refused(engine, settings, filters, opti
 
 def test_parse_filters_gives_utc():
     assert parse_filters({"since": "2025-01-01T02:00:00+02:00"}).since == T0
+
+
+def test_a_snapshot_in_progress_neither_blocks_writers_nor_sees_their_votes(engine, settings, db_url, monkeypatch):
+    """SQLite: the read must not hold the write lock (a writer with a 1 s busy timeout gets through)."""
+    from sqlalchemy import create_engine
+
+    from core import snapshots
+
+    with session_scope(engine) as s:
+        add_vote(s, prompt="p", response="before", label=True)
+    writer = create_engine(db_url, connect_args={"timeout": 1} if db_url.startswith("sqlite") else {})
+    real_encode = snapshots._encode
+
+    def encode_and_write(row):
+        if row["completion"] == "before":
+            with session_scope(writer) as w:
+                add_vote(w, prompt="p", response="during", label=False)
+        return real_encode(row)
+
+    monkeypatch.setattr(snapshots, "_encode", encode_and_write)
+    snap, rows = _snap(engine, settings)
+    writer.dispose()
+    assert _pairs(rows) == [("p", "before", True)]
+    monkeypatch.undo()
+    _, rows = _snap(engine, settings)
+    assert _pairs(rows) == [("p", "before", True), ("p", "during", False)]
