@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from artifacts import make_model_dir, make_staged
 from sqlalchemy import func, select
 
 from core import adapters
@@ -23,22 +24,6 @@ from core.models import AdapterAlias, AdapterVersion, AliasHistory
 from core.snapshots import create_snapshot
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def make_model_dir(path: Path, weights: bytes = b"weights-v1") -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    (path / "model.safetensors").write_bytes(weights)
-    return path
-
-
-def make_staged(path: Path, payload: bytes = b"lora-weights") -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8,
-                                                          "base_model_name_or_path": "/somewhere/else"}))
-    (path / "adapter_model.safetensors").write_bytes(payload)
-    (path / "README.md").write_text("PEFT's model card")
-    return path
 
 
 @pytest.fixture

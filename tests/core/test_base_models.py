@@ -8,8 +8,8 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+from artifacts import make_model_dir
 from huggingface_hub.errors import LocalEntryNotFoundError
-from test_adapters import make_model_dir
 
 from alignment.hashing import weights_sha256 as alignment_weights_sha256
 from core.base_models import (

@@ -1,0 +1,108 @@
+"""/v1/adapters: immutable adapter versions, their files and downloads, and aliases.
+
+``{version_or_alias}`` is a version number (``3``) or an alias (``latest``,
+``champion``). Downloads carry a strong ETag (the sha256 of the bytes) and
+answer 304 to a matching If-None-Match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
+from api.http_cache import not_modified, quoted
+from api.schemas.adapters import AdapterOut, AdapterVersionOut, AliasIn, AliasMoveOut, AliasOut
+from core import adapters
+from core.keys import Principal
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "The key lacks the scope."},
+    404: {"description": "No such adapter, version, alias or file."},
+    409: {"description": "expected_version is stale (compare-and-swap)."},
+    422: {"description": "Invalid input; the message says how to fix it."},
+}
+CACHED = {304: {"description": "If-None-Match matched the ETag."}}
+
+
+def _moved_by(principal: Principal) -> str:
+    return f"key {principal.key_id} ({principal.name})"
+
+
+@router.get("", response_model=list[AdapterOut], summary="List adapters", responses=ERRORS)
+def list_adapters(session: SessionDep, _: ReadKey) -> list[dict]:
+    return adapters.list_adapters(session)
+
+
+@router.get("/{name}/versions", response_model=list[AdapterVersionOut], summary="List versions", responses=ERRORS)
+def list_versions(name: str, session: SessionDep, _: ReadKey) -> list[AdapterVersionOut]:
+    by_version: dict[int, list[str]] = {}
+    for alias, version in adapters.aliases_of(session, adapter_name=name).items():
+        by_version.setdefault(version, []).append(alias)
+    return [
+        AdapterVersionOut(adapter=v.adapter_name, version=v.version, created_at=v.created_at, job_id=v.job_id,
+                          snapshot_id=v.snapshot_id, base_model=v.manifest["base_model"]["name"],
+                          manifest_sha256=v.manifest_sha256, aliases=by_version.get(v.version, []))
+        for v in adapters.list_versions(session, adapter_name=name)
+    ]
+
+
+@router.get("/{name}/versions/{version_or_alias}", summary="A version's manifest",
+            responses={**ERRORS, **CACHED})
+def get_manifest(name: str, version_or_alias: str, request: Request, session: SessionDep, _: ReadKey) -> Response:
+    """manifest.json: files with sha256 and size, base model, snapshot, job, hyper-parameters, metrics."""
+    v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
+    return not_modified(request, v.manifest_sha256) or JSONResponse(
+        v.manifest, headers={"ETag": quoted(v.manifest_sha256), "X-Adapter-Version": str(v.version)})
+
+
+@router.get("/{name}/versions/{version_or_alias}/download", summary="The version as one .tar.gz",
+            responses={**ERRORS, **CACHED, 200: {"content": {"application/gzip": {}}}})
+def download(name: str, version_or_alias: str, request: Request, session: SessionDep, settings: SettingsDep,
+             _: ReadKey) -> Response:
+    """Deterministic tarball of the version folder (``<name>-v<version>/...``); ETag = its sha256."""
+    v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
+    if v.tarball_sha256 is None:
+        adapters.tarball_sha256(session, settings=settings, version=v)
+        session.commit()
+    cached = not_modified(request, v.tarball_sha256)
+    if cached is not None:
+        return cached
+    filename = f"{v.adapter_name}-v{v.version}.tar.gz"
+    return StreamingResponse(adapters.iter_tarball(settings, v), media_type="application/gzip", headers={
+        "ETag": quoted(v.tarball_sha256), "Content-Disposition": f'attachment; filename="{filename}"',
+        "X-Adapter-Version": str(v.version)})
+
+
+@router.get("/{name}/versions/{version_or_alias}/files/{filename}", summary="One file of a version",
+            responses={**ERRORS, **CACHED})
+def get_file(name: str, version_or_alias: str, filename: str, request: Request, session: SessionDep,
+             settings: SettingsDep, _: ReadKey) -> Response:
+    """Only the files the manifest lists, and manifest.json; any other name is a 404."""
+    v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
+    path, sha = adapters.version_file(settings, v, filename)
+    return not_modified(request, sha) or FileResponse(path, filename=path.name, headers={"ETag": quoted(sha)})
+
+
+@router.put("/{name}/aliases/{alias}", response_model=AliasOut, summary="Move an alias", responses=ERRORS)
+def move_alias(name: str, alias: str, body: AliasIn, session: SessionDep, principal: TrainKey) -> AliasOut:
+    """Point the alias at ``version``; with ``expected_version`` a compare-and-swap (409 when stale).
+
+    ``latest`` moves only on publish. Rolling back is moving an alias back.
+    """
+    row = adapters.move_alias(session, adapter_name=name, alias=alias, version=body.version,
+                              expected_version=body.expected_version, moved_by=_moved_by(principal))
+    session.commit()
+    return AliasOut(adapter=row.adapter_name, alias=row.alias, version=row.version, updated_at=row.updated_at)
+
+
+@router.get("/{name}/aliases/{alias}/history", response_model=list[AliasMoveOut], summary="Moves of an alias",
+            responses=ERRORS)
+def alias_history(name: str, alias: str, session: SessionDep, _: ReadKey) -> list[AliasMoveOut]:
+    return [AliasMoveOut(from_version=h.from_version, to_version=h.to_version, moved_by=h.moved_by,
+                         moved_at=h.moved_at) for h in adapters.alias_history(session, adapter_name=name, alias=alias)]

@@ -1,0 +1,43 @@
+"""/v1/base-models: the pinned reference models jobs train against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import AdminKey, ReadKey, SessionDep, SettingsDep
+from api.schemas.base_models import BaseModelIn, BaseModelOut
+from core import base_models
+
+router = APIRouter(prefix="/v1/base-models", tags=["base models"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "The key lacks the scope."},
+    404: {"description": "No base model with that name."},
+    409: {"description": "The name is taken."},
+    422: {"description": "Invalid name or source; the message says how to fix it."},
+}
+
+
+@router.get("", response_model=list[BaseModelOut], summary="List base models", responses=ERRORS)
+def list_base_models(session: SessionDep, _: ReadKey) -> list:
+    return base_models.list_base_models(session)
+
+
+@router.get("/{name}", response_model=BaseModelOut, summary="One base model", responses=ERRORS)
+def get_base_model(name: str, session: SessionDep, _: ReadKey):
+    return base_models.get_base_model(session, name=name)
+
+
+@router.post("", status_code=201, response_model=BaseModelOut, summary="Register a base model", responses=ERRORS)
+def register_base_model(body: BaseModelIn, session: SessionDep, settings: SettingsDep, _: AdminKey):
+    """Register a model folder on the server; its weights' sha256 is computed now and checked by every job.
+
+    Hub models are downloaded by `prospect models add NAME ORG/MODEL` (a long download does not belong in a request).
+    """
+    record = base_models.register_base_model(session, settings=settings, name=body.name, source=body.source,
+                                             revision=body.revision, allow_download=False)
+    session.commit()
+    return record

@@ -1,0 +1,53 @@
+"""/v1/snapshots: immutable, content-hashed KTO datasets of the counted votes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse
+
+from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
+from api.http_cache import not_modified, quoted
+from api.schemas.snapshots import SnapshotIn, SnapshotOut
+from core import snapshots
+from core.errors import NotFound
+
+router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "The key lacks the scope."},
+    404: {"description": "No snapshot with that id."},
+    422: {"description": "Invalid filters or options; the message names the field."},
+    503: {"description": "Database unavailable; see Retry-After."},
+}
+
+
+@router.post("", status_code=201, response_model=SnapshotOut, summary="Take a snapshot", responses=ERRORS)
+def create_snapshot(body: SnapshotIn, session: SessionDep, settings: SettingsDep, _: TrainKey):
+    """Select the counted votes received up to now (filtered), aggregate them and store TRL KTO JSONL."""
+    snap = snapshots.create_snapshot(session, settings=settings, filters=body.filters, options=body.options)
+    session.commit()
+    return snap
+
+
+@router.get("/{snapshot_id}", response_model=SnapshotOut, summary="One snapshot", responses=ERRORS)
+def get_snapshot(snapshot_id: str, session: SessionDep, _: ReadKey):
+    return snapshots.get_snapshot(session, snapshot_id=snapshot_id)
+
+
+@router.get("/{snapshot_id}/export", summary="The snapshot as JSONL", responses={
+    **ERRORS, 200: {"content": {"application/jsonl": {}}, "description": "TRL KTO rows; ETag = content hash."},
+    304: {"description": "If-None-Match matched the ETag."}})
+def export_snapshot(snapshot_id: str, request: Request, session: SessionDep, settings: SettingsDep,
+                    _: ReadKey) -> Response:
+    snap = snapshots.get_snapshot(session, snapshot_id=snapshot_id)
+    cached = not_modified(request, snap.content_hash)
+    if cached is not None:
+        return cached
+    path = snapshots.snapshot_path(settings, snap)
+    if not path.is_file():
+        raise NotFound(f"the file of snapshot {snap.id} is missing; take a new snapshot")
+    return FileResponse(path, media_type="application/jsonl", filename=f"snapshot-{snap.id}.jsonl",
+                        headers={"ETag": quoted(snap.content_hash)})

@@ -1,0 +1,50 @@
+"""Request and response models of /v1/adapters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AdapterOut(BaseModel):
+    name: str
+    n_versions: int
+    latest_version: int
+    updated_at: datetime
+    aliases: dict[str, int]
+
+
+class AdapterVersionOut(BaseModel):
+    adapter: str
+    version: int
+    created_at: datetime
+    job_id: str | None
+    snapshot_id: str | None
+    base_model: str
+    manifest_sha256: str
+    aliases: list[str] = Field(description="Aliases that point to this version now.")
+
+
+class AliasIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="The version the alias should point to.")
+    expected_version: int | None = Field(
+        None, ge=1, description="Compare-and-swap: move only if the alias points here now (409 otherwise); "
+        "omit to move unconditionally (and to create the alias)."
+    )
+
+
+class AliasOut(BaseModel):
+    adapter: str
+    alias: str
+    version: int
+    updated_at: datetime
+
+
+class AliasMoveOut(BaseModel):
+    from_version: int | None
+    to_version: int
+    moved_by: str | None
+    moved_at: datetime

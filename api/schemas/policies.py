@@ -1,0 +1,35 @@
+"""Request and response models of /v1/policies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.snapshots import SnapshotOptions
+
+
+class PolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str = Field(max_length=100, description="The adapter the policy trains (one live policy per adapter).")
+    base_model: str = Field(max_length=100, description="A registered base model (GET /v1/base-models).")
+    min_new_feedback: int = Field(100, ge=1, description="New counted votes since the last job before a new one.")
+    min_interval_minutes: int = Field(60, ge=1, description="Minutes at least between two jobs of this policy.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Alignment config overrides for its jobs.")
+    snapshot_options: SnapshotOptions = Field(default_factory=SnapshotOptions)
+
+
+class PolicyOut(BaseModel):
+    id: str
+    adapter: str
+    base_model: str
+    min_new_feedback: int
+    min_interval_minutes: int
+    config: dict[str, Any]
+    snapshot_options: dict[str, Any]
+    enabled: bool
+    last_job_id: str | None
+    last_triggered_at: datetime | None
+    created_at: datetime
