@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core import keys as keys_mod
+from core.cli_resources import adapters_app, models_app, snapshots_app
 from core.db import get_engine, session_scope
 from core.errors import DomainError
 from core.logging import configure_logging
@@ -28,6 +29,9 @@ from core.settings import get_settings
 app = typer.Typer(help="Prospect: thumbs feedback in, KTO-aligned LoRA adapters out.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(snapshots_app, name="snapshots")
+app.add_typer(adapters_app, name="adapters")
 console = Console(stderr=True)
 log = logging.getLogger("prospect.cli")
 

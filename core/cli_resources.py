@@ -1,0 +1,187 @@
+"""`prospect models|snapshots|adapters ...`.
+
+``models`` talks to the database directly (like ``keys``: an operator's
+command on the server, which may download a hub model). ``snapshots`` and
+``adapters`` call the REST API with the key in PROSPECT_API_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core import base_models
+from core.client import ApiError, Client
+from core.db import get_engine, session_scope
+from core.errors import DomainError
+from core.settings import get_settings
+
+console = Console(stderr=True)
+models_app = typer.Typer(help="Register and list base models (the pinned reference).", no_args_is_help=True)
+snapshots_app = typer.Typer(help="Take and export snapshots of the feedback (REST).", no_args_is_help=True)
+adapters_app = typer.Typer(help="List, download and promote adapter versions (REST).", no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _client() -> Client:
+    try:
+        return Client(get_settings())
+    except ApiError as exc:
+        _fail(exc.message)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="Unique name, e.g. 'smollm2-135m-instruct'.")],
+    source: Annotated[str, typer.Argument(help="A model folder, or a hub id 'org/model' (needs a network).")],
+    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
+) -> None:
+    """Register a base model and pin the sha256 of its weights."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    try:
+        with session_scope(get_engine(settings)) as session:
+            rec = base_models.register_base_model(session, settings=settings, name=name, source=source,
+                                                  revision=revision)
+            sha, path = rec.sha256, rec.path
+    except DomainError as exc:
+        _fail(exc.message)
+    console.print(f"registered base model {name} at {path}")
+    print(sha)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List registered base models."""
+    with session_scope(get_engine()) as session:
+        rows = base_models.list_base_models(session)
+    table = Table("name", "architecture", "sha256", "path", "created")
+    for r in rows:
+        table.add_row(r.name, r.architecture or "", r.sha256[:16] + "…", r.path,
+                      r.created_at.isoformat(timespec="seconds"))
+    Console().print(table)
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--tag {pair!r}: write KEY=VALUE")
+        tags[key] = value
+    return tags
+
+
+@snapshots_app.command("create")
+def snapshots_create(
+    aggregation: Annotated[str, typer.Option(help="majority (ties dropped) | latest | all.")] = "majority",
+    one_y_per_x: Annotated[bool, typer.Option("--one-y-per-x", help="Keep one response per prompt.")] = False,
+    since: Annotated[str | None, typer.Option(help="ISO time, inclusive.")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time, exclusive.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only feedback on this model's responses.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Metadata KEY=VALUE (string) to match; repeatable.")] = None,
+) -> None:
+    """Take a snapshot now; prints it as JSON."""
+    filters = {k: v for k, v in {"since": since, "until": until, "model": model}.items() if v is not None}
+    filters["metadata"] = _tags(tag or [])
+    body = {"filters": filters, "options": {"aggregation": aggregation, "one_y_per_x": one_y_per_x}}
+    try:
+        _print_json(_client().post("/v1/snapshots", json=body))
+    except ApiError as exc:
+        _fail(exc.message)
+
+
+@snapshots_app.command("export")
+def snapshots_export(
+    snapshot_id: Annotated[str, typer.Argument(help="The snapshot's id.")],
+    out: Annotated[Path | None, typer.Option(help="File to write; default: stdout.")] = None,
+) -> None:
+    """Write a snapshot's JSONL (TRL KTO rows) to a file or stdout."""
+    try:
+        if out is None:
+            _client().stream_to(f"/v1/snapshots/{snapshot_id}/export", sys.stdout.buffer)
+            return
+        with open(out, "wb") as fh:
+            _client().stream_to(f"/v1/snapshots/{snapshot_id}/export", fh)
+    except ApiError as exc:
+        _fail(exc.message)
+    console.print(f"wrote {out}")
+
+
+@adapters_app.command("list")
+def adapters_list(
+    name: Annotated[str | None, typer.Argument(help="Show the versions of this adapter.")] = None,
+) -> None:
+    """List adapters, or the versions of one adapter."""
+    client = _client()
+    try:
+        if name is None:
+            table = Table("adapter", "versions", "latest", "aliases", "updated")
+            for a in client.get("/v1/adapters"):
+                aliases = ", ".join(f"{k}=v{v}" for k, v in sorted(a["aliases"].items()))
+                table.add_row(a["name"], str(a["n_versions"]), f"v{a['latest_version']}", aliases, a["updated_at"])
+        else:
+            table = Table("version", "aliases", "base model", "job", "snapshot", "created")
+            for v in client.get(f"/v1/adapters/{name}/versions"):
+                table.add_row(f"v{v['version']}", ", ".join(v["aliases"]), v["base_model"], v["job_id"] or "",
+                              v["snapshot_id"] or "", v["created_at"])
+    except ApiError as exc:
+        _fail(exc.message)
+    Console().print(table)
+
+
+@adapters_app.command("download")
+def adapters_download(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    version: Annotated[str, typer.Argument(help="Version number or alias.")] = "latest",
+    out: Annotated[Path, typer.Option(help="Folder to write into.")] = Path("."),
+    extract: Annotated[bool, typer.Option(help="Unpack the .tar.gz (a <name>-v<N>/ folder).")] = True,
+) -> None:
+    """Download a version as .tar.gz (and unpack it): ready for PEFT or vLLM --lora-modules."""
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / f".{name}-{version}.tar.gz.part"
+    try:
+        with open(partial, "wb") as fh:
+            resp = _client().stream_to(f"/v1/adapters/{name}/versions/{version}/download", fh)
+    except ApiError as exc:
+        partial.unlink(missing_ok=True)
+        _fail(exc.message)
+    tarball = out / f"{name}-v{resp.headers['x-adapter-version']}.tar.gz"
+    partial.replace(tarball)
+    if not extract:
+        console.print(f"wrote {tarball} (sha256 {resp.headers['etag'].strip(chr(34))})")
+        return
+    with tarfile.open(tarball, "r:gz") as tar:
+        tar.extractall(out, filter="data")
+    tarball.unlink()
+    console.print(f"wrote {out / tarball.name.removesuffix('.tar.gz')}")
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    alias: Annotated[str, typer.Argument(help="Alias to move, e.g. champion.")],
+    version: Annotated[int, typer.Argument(help="Version it should point to.")],
+    expected: Annotated[int | None, typer.Option(help="Move only if the alias points here now (else 409).")] = None,
+) -> None:
+    """Point an alias at a version (compare-and-swap with --expected); rolling back is promoting an older one."""
+    body = {"version": version} if expected is None else {"version": version, "expected_version": expected}
+    try:
+        _print_json(_client().put(f"/v1/adapters/{name}/aliases/{alias}", json=body))
+    except ApiError as exc:
+        _fail(exc.message)

@@ -1,0 +1,85 @@
+"""`prospect models|snapshots|adapters`: models against the database, the others through the REST API."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from api_client import make_api
+from artifacts import make_model_dir, make_staged
+from typer.testing import CliRunner
+
+from core import cli_resources
+from core.adapters import publish_adapter_version
+from core.base_models import get_base_model, weights_sha256
+from core.cli import app
+from core.client import Client
+from core.db import session_factory, session_scope
+from core.settings import get_settings
+
+
+@pytest.fixture
+def cli(settings, monkeypatch):
+    """A CLI whose environment points at the test's database, and whose REST client talks to a TestClient."""
+    monkeypatch.setenv("PROSPECT_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("PROSPECT_DATABASE_URL", settings.sqlalchemy_url)
+    get_settings.cache_clear()
+    client, headers = make_api(settings)
+    client.headers.update(headers["admin"])  # admin implies ingest, read and train
+
+    class TestClientBackedClient(Client):
+        def __init__(self, _settings=None) -> None:
+            self._http = client
+
+    monkeypatch.setattr(cli_resources, "Client", TestClientBackedClient)
+    yield CliRunner(), client
+    get_settings.cache_clear()
+
+
+def test_models_add_and_list(cli, tmp_path, engine):
+    runner, _ = cli
+    folder = make_model_dir(tmp_path / "m")
+    result = runner.invoke(app, ["models", "add", "tiny", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == weights_sha256(folder)
+    again = runner.invoke(app, ["models", "add", "tiny", str(folder)])
+    assert again.exit_code == 2 and "already registered" in again.output
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "tiny" in listed.stdout
+
+
+def test_snapshots_and_adapters_through_rest(cli, tmp_path, settings, engine):
+    runner, client = cli
+    for event_id, label in (("e1", "up"), ("e2", "down")):
+        client.post("/v1/feedback", json={"event_id": event_id, "prompt": event_id, "response": "r", "label": label})
+    created = runner.invoke(app, ["snapshots", "create", "--aggregation", "all", "--tag", "lang=en"])
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)["filters"]["metadata"] == {"lang": "en"}
+    snap = json.loads(runner.invoke(app, ["snapshots", "create"]).stdout)
+    assert (snap["n_desirable"], snap["n_undesirable"]) == (1, 1)
+    out = tmp_path / "snap.jsonl"
+    assert runner.invoke(app, ["snapshots", "export", snap["id"], "--out", str(out)]).exit_code == 0
+    assert sorted(json.loads(line)["prompt"] for line in out.read_text().splitlines()) == ["e1", "e2"]
+    bad = runner.invoke(app, ["snapshots", "create", "--aggregation", "mean"])
+    assert bad.exit_code == 2 and "aggregation" in bad.output
+
+    runner.invoke(app, ["models", "add", "base", str(make_model_dir(tmp_path / "m"))])
+    with session_scope(engine) as s:
+        base = get_base_model(s, name="base")
+    for n in (1, 2):
+        publish_adapter_version(session_factory(engine), settings=settings, adapter_name="chat",
+                                staged_dir=make_staged(tmp_path / f"s{n}", payload=b"w%d" % n), job_id=None,
+                                base_model=base, snapshot=None, hyperparameters={}, class_counts={},
+                                class_weights={}, eval_metrics={})
+    listed = runner.invoke(app, ["adapters", "list"])
+    assert listed.exit_code == 0 and "latest=v2" in listed.stdout
+    assert "v1" in runner.invoke(app, ["adapters", "list", "chat"]).stdout
+    dest = tmp_path / "dl"
+    assert runner.invoke(app, ["adapters", "download", "chat", "--out", str(dest)]).exit_code == 0
+    assert (dest / "chat-v2" / "adapter_model.safetensors").read_bytes() == b"w2"
+    assert runner.invoke(app, ["adapters", "download", "chat", "1", "--out", str(dest), "--no-extract"]).exit_code == 0
+    assert (dest / "chat-v1.tar.gz").is_file()
+    promoted = runner.invoke(app, ["adapters", "promote", "chat", "champion", "1"])
+    assert promoted.exit_code == 0 and json.loads(promoted.stdout)["version"] == 1
+    stale = runner.invoke(app, ["adapters", "promote", "chat", "champion", "2", "--expected", "2"])
+    assert stale.exit_code == 2 and "points to version 1" in stale.output
