@@ -42,9 +42,9 @@ from sqlalchemy import create_engine, make_url, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.db import make_engine, session_scope  # noqa: E402
-from core.keys import create_key  # noqa: E402
-from core.migrate import upgrade  # noqa: E402
+from core.db import make_engine, session_scope
+from core.keys import create_key
+from core.migrate import upgrade
 
 log = logging.getLogger("bench.ingest")
 PROMPT = "Summarise the following paragraph in one sentence: " + "lorem ipsum dolor sit amet " * 8
@@ -144,7 +144,7 @@ async def run_batch(port: int, key: str, *, batches: int, size: int) -> dict:
 
 def _raw_rows(n: int, size: int) -> list[tuple[list[tuple], list[tuple]]]:
     """(event rows, vote rows) per transaction, with the same shape the API writes."""
-    sha = lambda s: hashlib.sha256(s.encode()).hexdigest()  # noqa: E731
+    sha = lambda s: hashlib.sha256(s.encode()).hexdigest()
     out = []
     now = time.strftime("%Y-%m-%d %H:%M:%S+00")
     for start in range(0, n, size):

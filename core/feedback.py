@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, text, update
+from sqlalchemy import JSON, Connection, Engine, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge
@@ -286,6 +286,40 @@ def _insert(conn: Connection):
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
 
 
+# Postgres bulk writes: one INSERT .. SELECT FROM unnest(array per column) statement. The query
+# text is the same for every batch size, so the driver parses it once and sends each column
+# as one array, instead of a fresh multi-thousand-parameter VALUES list per batch.
+_EVENT_UNNEST = "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id"
+_VOTE_UNNEST = (
+    "ON CONFLICT (voter_key, pair_key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in ("prompt_key", "event_pk", "label", "model", "created_at", "updated_at"))
+    + " WHERE votes.created_at <= excluded.created_at"
+)
+_unnest_cache: dict[tuple[str, str], str] = {}
+
+
+def _unnest_sql(conn: Connection, table, tail: str) -> str:
+    key = (table.name, tail)
+    if key not in _unnest_cache:
+        cols = [c for c in table.c if c.key != "id"]
+        casts = ", ".join(f"%b::{c.type.compile(dialect=conn.dialect)}[]" for c in cols)  # %b: binary arrays
+        names = ", ".join(f'"{c.name}"' for c in cols)
+        _unnest_cache[key] = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({casts}) {tail}"
+    return _unnest_cache[key]
+
+
+def _columns(rows: list[dict[str, Any]], table) -> tuple[list[Any], ...]:
+    out = []
+    for c in table.c:
+        if c.key == "id":
+            continue
+        values = [r.get(c.key) for r in rows]
+        if isinstance(c.type, JSON):
+            values = [None if v is None else orjson.dumps(v).decode() for v in values]
+        out.append(values)
+    return tuple(out)
+
+
 def _write(conn: Connection, prepared: list[_Prepared], results: list[IngestResult | None]) -> None:
     """Insert new events and move votes; fill ``results`` for every prepared item."""
     first: dict[str, _Prepared] = {}
@@ -293,12 +327,14 @@ def _write(conn: Connection, prepared: list[_Prepared], results: list[IngestResu
         first.setdefault(p.row["event_id"], p)
     # Sorted by event_id so concurrent overlapping batches lock rows in one order (no deadlock).
     rows = [first[k].row for k in sorted(first)]
-    ins = _insert(conn)(EVENTS).on_conflict_do_nothing(index_elements=["event_id"])
     inserted: dict[str, int] = {}
-    if rows:
-        stmt = ins.returning(EVENTS.c.id, EVENTS.c.event_id)
-        cursor = conn.execute(stmt, rows[0]) if len(rows) == 1 else conn.execute(stmt, rows)
-        inserted = {eid: pk for pk, eid in cursor}
+    if conn.dialect.name == "postgresql":
+        sql = _unnest_sql(conn, EVENTS, _EVENT_UNNEST)
+        inserted = dict(conn.exec_driver_sql(sql, _columns(rows, EVENTS)).all())
+    else:
+        stmt = _insert(conn)(EVENTS).on_conflict_do_nothing(index_elements=["event_id"])
+        stmt = stmt.returning(EVENTS.c.event_id, EVENTS.c.id)
+        inserted = dict((conn.execute(stmt, rows[0]) if len(rows) == 1 else conn.execute(stmt, rows)).all())
     stored = {eid: first[eid].row["content_hash"] for eid in inserted}
     missing = [eid for eid in first if eid not in inserted]
     if missing:
@@ -341,6 +377,9 @@ def _upsert_votes(conn: Connection, new: list[_Prepared], pks: dict[str, int]) -
         }
         for _, p in sorted(best.items())
     ]
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_unnest_sql(conn, VOTES, _VOTE_UNNEST), _columns(votes, VOTES))
+        return
     ins = _insert(conn)(VOTES)
     ex = ins.excluded
     stmt = ins.on_conflict_do_update(
