@@ -178,11 +178,12 @@ def run_raw(url: str, *, n: int, size: int) -> dict:
         copy_rows = [[(f"copy-{r[0]}", *r[1:]) for r in events] for events, _ in chunks]
         t0 = time.perf_counter()
         for rows in copy_rows:
-            with conn.transaction(), conn.cursor() as cur:
-                with cur.copy("COPY feedback_events (event_id, content_hash, prompt, prompt_key, pair_key, response,"
-                              " label, user_id, model, created_at, received_at) FROM STDIN") as copy:
-                    for r in rows:
-                        copy.write_row(r)
+            with conn.transaction(), conn.cursor() as cur, cur.copy(
+                "COPY feedback_events (event_id, content_hash, prompt, prompt_key, pair_key, response,"
+                " label, user_id, model, created_at, received_at) FROM STDIN"
+            ) as copy:
+                for r in rows:
+                    copy.write_row(r)
         copy_s = time.perf_counter() - t0
     return {"raw_executemany_rows_s": round(n / executemany_s, 1), "raw_copy_events_only_rows_s": round(n / copy_s, 1)}
 
