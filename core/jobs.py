@@ -400,7 +400,7 @@ def succeed(
     job = _owned(session, job_id=job_id, worker=worker)
     job.adapter_version_id = adapter_version_id
     if eval_metrics is not None:
-        job.eval_metrics = _clean_tree(eval_metrics)
+        job.eval_metrics = json_safe(eval_metrics)
     job.error = None
     _finish(job, "succeeded", now=now or utcnow())
     return job
@@ -420,7 +420,7 @@ def fail(
     if job.status in TERMINAL:
         return job
     if eval_metrics is not None:
-        job.eval_metrics = _clean_tree(eval_metrics)
+        job.eval_metrics = json_safe(eval_metrics)
     _finish(job, "failed", now=now or utcnow(), error=error)
     return job
 
@@ -432,11 +432,11 @@ def cancel(session: Session, *, job_id: str, worker: str, now: datetime | None =
     return job
 
 
-def _clean_tree(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _clean_tree(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean_tree(v) for v in value]
+        return [json_safe(v) for v in value]
     return _json_number(value)
 
 

@@ -1,15 +1,94 @@
-"""Celery tasks: thin wrappers with explicit names; ids in, plain functions do the work."""
+"""Celery tasks: thin wrappers with explicit names; ids in, plain functions do the work.
+
+- ``prospect.jobs.run`` (queue ``training``): one delivery of a job. It is
+  acknowledged late and rejected (re-queued) when its pool process dies, so a
+  killed training process is redelivered; ``core.jobs.claim_job`` counts the
+  attempts and caps them. When another job of the same adapter is running
+  (``busy``) or this job runs in a live worker (``duplicate``) the task retries
+  after a few heartbeats while the job stays queued.
+- ``prospect.jobs.reap``: re-queues jobs whose worker vanished (stale heartbeat)
+  and re-sends jobs whose first task was never sent.
+- ``prospect.policies.tick``: queues jobs for due training policies.
+
+Only transient errors (the database unreachable) are retried.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
+from celery.signals import worker_ready
+from sqlalchemy.exc import OperationalError
+
+from core import jobs
+from core.db import get_engine, session_scope
+from core.policy_tick import tick_policies
+from core.settings import Settings, get_settings
+from worker import bootstrap
 
 log = logging.getLogger(__name__)
+
+TRAINING_QUEUE = "training"
+TRANSIENT_RETRIES = 5
+TRANSIENT_BACKOFF_S = 10
+
+# Leftover clean-up and the bundled model, in the background once the worker is up.
+worker_ready.connect(bootstrap.on_worker_ready, weak=False)
+
+
+def busy_countdown(settings: Settings) -> float:
+    """Retry a busy job after three heartbeats: by then the running one may have finished."""
+    return max(1.0, 3 * settings.heartbeat_interval_s)
 
 
 @shared_task(name="prospect.ping")
 def ping() -> str:
     """Round-trip check for the broker and a worker."""
     return "pong"
+
+
+# max_retries=None: a busy job waits as long as the running one takes (the reaper bounds that).
+@shared_task(name="prospect.jobs.run", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def run_job(self, job_id: str) -> str:
+    from worker.pipeline import run_job as run  # torch and friends load here, not at worker start
+
+    settings = get_settings()
+    try:
+        outcome = run(job_id, settings=settings)
+    except OperationalError as exc:
+        log.warning("job %s: database unavailable (%s); retrying", job_id, exc.orig)
+        raise self.retry(exc=exc, countdown=TRANSIENT_BACKOFF_S,
+                         max_retries=TRANSIENT_RETRIES) from exc
+    if outcome.claim in ("busy", "duplicate"):
+        raise self.retry(countdown=busy_countdown(settings), max_retries=None)
+    return outcome.status or outcome.claim
+
+
+def enqueue_job(settings: Settings, job_id: str) -> str:
+    """Send the task of ``job_id`` and record it on the job."""
+    task_id = run_job.apply_async(args=[job_id], queue=TRAINING_QUEUE).id
+    with session_scope(get_engine(settings)) as s:
+        jobs.mark_enqueued(s, job_id=job_id, task_id=task_id)
+    return task_id
+
+
+@shared_task(name="prospect.jobs.reap", autoretry_for=(OperationalError,), max_retries=3, default_retry_delay=10)
+def reap() -> dict:
+    settings = get_settings()
+    with session_scope(get_engine(settings)) as s:
+        reaped = jobs.reap_stale_jobs(s, heartbeat_timeout_s=settings.heartbeat_timeout_s)
+    for job_id in reaped.requeued + reaped.unsent:
+        enqueue_job(settings, job_id)
+    if reaped.requeued or reaped.finished or reaped.unsent:
+        log.info("reaper: re-queued %s, finished %s, sent %s", reaped.requeued, reaped.finished, reaped.unsent)
+    return {"requeued": reaped.requeued, "finished": reaped.finished, "sent": reaped.unsent}
+
+
+@shared_task(name="prospect.policies.tick", autoretry_for=(OperationalError,), max_retries=3, default_retry_delay=10)
+def policies_tick() -> list[str]:
+    settings = get_settings()
+    job_ids = tick_policies(get_engine(settings), settings=settings)
+    for job_id in job_ids:
+        enqueue_job(settings, job_id)
+    return job_ids

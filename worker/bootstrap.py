@@ -1,0 +1,97 @@
+"""Work a worker does once when it starts, without delaying its first task.
+
+1. ``core.adapters.cleanup_leftovers``: half-published adapter folders of a
+   crashed worker are removed.
+2. When ``register_bundled_model`` is set: the bundled SmolLM2-135M-Instruct is
+   converted once to safetensors under ``<models_dir>/<bundled_model_name>``
+   and registered as the base model ``bundled_model_name``. Conversion is
+   atomic (``alignment.bundled``) and registration tolerates a concurrent
+   worker doing the same.
+
+It runs as a child process (``python -m worker.bootstrap``) started from a
+thread on ``worker_ready``: the worker consumes tasks meanwhile, the worker's
+own process never loads torch (its pool processes fork from it), and a
+conversion that hangs is killed after ``BOOTSTRAP_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from core.base_models import get_base_model_or_none, register_base_model
+from core.db import get_engine, session_scope
+from core.errors import Conflict
+from core.logging import configure_logging
+from core.models import BaseModelRecord
+from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_TIMEOUT_S = 15 * 60
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cleanup(settings: Settings) -> None:
+    from core.adapters import cleanup_leftovers
+
+    with session_scope(get_engine(settings)) as s:
+        cleanup_leftovers(settings, s)
+
+
+def ensure_bundled_model(settings: Settings) -> BaseModelRecord:
+    """Convert (once) and register the bundled model; returns its record."""
+    from alignment.bundled import convert_bundled
+
+    engine = get_engine(settings)
+    name = settings.bundled_model_name
+    with session_scope(engine) as s:
+        existing = get_base_model_or_none(s, name=name)
+    if existing is not None:
+        log.info("bundled model already registered as %s", name)
+        return existing
+    folder = convert_bundled(settings.models_dir / name)
+    log.info("registering the bundled model as %s (hashing its weights)", name)
+    try:
+        with session_scope(engine) as s:
+            return register_base_model(s, settings=settings, name=name, source=str(folder), allow_download=False)
+    except Conflict:  # another worker registered it first
+        with session_scope(engine) as s:
+            return get_base_model_or_none(s, name=name)
+
+
+def run(settings: Settings) -> None:
+    started = time.perf_counter()
+    settings.ensure_dirs()
+    cleanup(settings)
+    if settings.register_bundled_model:
+        ensure_bundled_model(settings)
+    log.info("worker bootstrap done in %.1f s", time.perf_counter() - started)
+
+
+def _run_child() -> None:
+    try:
+        subprocess.run([sys.executable, "-m", "worker.bootstrap"], cwd=ROOT, env=os.environ.copy(),
+                       timeout=BOOTSTRAP_TIMEOUT_S, check=True)
+    except subprocess.TimeoutExpired:
+        log.error("worker bootstrap did not finish in %d s and was killed; jobs on the bundled model "
+                  "cannot start until it is registered (restart the worker to try again)", BOOTSTRAP_TIMEOUT_S)
+    except subprocess.CalledProcessError as exc:
+        log.error("worker bootstrap failed (exit code %s); see its log above", exc.returncode)
+
+
+def on_worker_ready(**_kwargs) -> None:
+    """Celery ``worker_ready`` handler: start the bootstrap in the background."""
+    log.info("worker bootstrap started in the background")
+    threading.Thread(target=_run_child, name="prospect-bootstrap", daemon=True).start()
+
+
+if __name__ == "__main__":
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    run(settings)
