@@ -398,6 +398,7 @@ def train_kto(
         "train_loss_mean": sum(h["loss"] for h in history) / len(history) if history else None,
         "total_tokens": total_tokens,
         "runtime_s": runtime,
+        "train_tokens_per_s": total_tokens / runtime if runtime > 0 else None,
     })
     targets = sorted(next(iter(model.peft_config.values())).target_modules or [])
     return TrainResult(model=model, history=history, metrics=final, weights=weights, config=config,

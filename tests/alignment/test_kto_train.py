@@ -10,7 +10,7 @@ from alignment.evaluate import evaluate_kto
 from alignment.logps import sequence_logps
 from alignment.train import CHECKPOINT_FILE, TrainingCancelled, train_kto
 
-FAST = dict(batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, max_length=64, device="cpu")
+FAST = {"batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_length": 64, "device": "cpu"}
 
 
 def losses(result):
@@ -20,7 +20,6 @@ def losses(result):
 def test_training_lowers_the_loss_and_touches_only_lora(tiny_model, tiny_tokenizer, rows):
     base_before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
     config = KTOConfig(num_epochs=4, **FAST)
-    before = None
     result = train_kto(tiny_model, tiny_tokenizer, rows, config)
     model = result.model
 
