@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install up test bench bench-ingest bench-train lint clean
+.PHONY: install up test bench-install bench-ingest bench-snapshot bench-train lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench-install: install
 
 bench-ingest: bench-install
 	$(PY) bench/ingest.py
+
+bench-snapshot: bench-install
+	$(PY) bench/snapshot.py
 
 bench-train: bench-install
 	$(PY) bench/train.py
