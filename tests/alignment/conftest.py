@@ -3,17 +3,11 @@ bundled SmolLM2 converted once per session (slow tests only)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-# `tests.tiny` is shared with other suites; make the repo root importable.
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.tiny import build_tiny_model_dir, tiny_rows
+from tests.tiny import build_tiny_model_dir, tiny_rows  # the repo root is on pythonpath (pyproject)
 
 
 @pytest.fixture(scope="session")
