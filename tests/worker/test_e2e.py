@@ -53,9 +53,9 @@ def _settings(tmp_path: Path, backend: str, **overrides) -> Settings:
         broker = REDIS_URL
         redis.Redis.from_url(REDIS_URL).flushdb()  # no task of an earlier test run
     upgrade(db)
+    values = {"register_bundled_model": False, "heartbeat_interval_s": 0.5, **overrides}
     return Settings(data_dir=tmp_path / "var", database_url=db, broker_url=broker,
-                    result_backend=f"db+sqlite:///{tmp_path / 'results.db'}", register_bundled_model=False,
-                    heartbeat_interval_s=0.5, **overrides)
+                    result_backend=f"db+sqlite:///{tmp_path / 'results.db'}", **values)
 
 
 class Stack:

@@ -1,0 +1,159 @@
+"""`prospect jobs start|status|list|cancel|watch`: alignment jobs over the REST API.
+
+The key comes from PROSPECT_API_KEY and the API's address from
+PROSPECT_API_URL (or host/port). ``watch`` polls the job and its per-step
+metrics and draws a progress bar with the latest loss and kl.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.client import ApiError, Client
+from core.settings import get_settings
+
+console = Console(stderr=True)
+jobs_app = typer.Typer(help="Start, inspect, watch and cancel alignment jobs (REST).", no_args_is_help=True)
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _client() -> Client:
+    try:
+        return Client(get_settings())
+    except ApiError as exc:
+        _fail(exc.message)
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        _fail(exc.message)
+
+
+def _json_option(raw: str | None, what: str) -> dict:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        _fail(f"--{what} is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        _fail(f"--{what} must be a JSON object, e.g. '{{\"beta\": 0.2}}'")
+    return value
+
+
+def _summary(job: dict) -> str:
+    p = job["progress"]
+    line = f"job {job['id']}  {job['adapter']}  {job['status']}  step {p['step']}/{p['total']}  attempts {job['attempts']}"
+    if job.get("adapter_version"):
+        line += f"  -> {job['adapter_version']['adapter']} v{job['adapter_version']['version']}"
+    if job.get("error"):
+        line += f"\n  error: {job['error']}"
+    return line
+
+
+@jobs_app.command("start")
+def start(
+    adapter: Annotated[str, typer.Argument(help="Adapter name; versions are published under it.")],
+    base_model: Annotated[str, typer.Option("--base-model", "-b", help="A registered base model.")],
+    snapshot: Annotated[str | None, typer.Option(help="Train on this snapshot id (default: a new one).")] = None,
+    config: Annotated[str | None, typer.Option(help="KTO config overrides as JSON, e.g. '{\"beta\": 0.2}'.")] = None,
+    options: Annotated[str | None, typer.Option(help="Pipeline options as JSON (heldout_fraction, gate_*).")] = None,
+    force_publish: Annotated[bool, typer.Option(help="Publish even if the held-out gate refuses.")] = False,
+    watch_it: Annotated[bool, typer.Option("--watch", help="Watch it until it ends.")] = False,
+) -> None:
+    """Queue an alignment job; prints its id on stdout."""
+    client = _client()
+    body = {"adapter": adapter, "base_model": base_model, "snapshot_id": snapshot,
+            "config": _json_option(config, "config"), "options": _json_option(options, "options"),
+            "force_publish": force_publish}
+    job = _call(client.post, "/v1/jobs", json=body)
+    console.print(f"queued job {job['id']} for adapter {adapter}")
+    print(job["id"])
+    if watch_it:
+        _watch(client, job["id"], interval=1.0)
+
+
+@jobs_app.command("status")
+def status(job_id: Annotated[str, typer.Argument(help="The job id.")],
+           as_json: Annotated[bool, typer.Option("--json", help="The whole record as JSON.")] = False) -> None:
+    """One job: status, progress, weights, metrics, the version or the error."""
+    job = _call(_client().get, f"/v1/jobs/{job_id}")
+    if as_json:
+        print(json.dumps(job, indent=2, sort_keys=True))
+        return
+    print(_summary(job))
+    if job.get("class_weights"):
+        w = job["class_weights"]
+        print(f"  class weights: desirable {w['desirable']:.3f}, undesirable {w['undesirable']:.3f} ({w['reason']})")
+    if job.get("metrics"):
+        m = job["metrics"]
+        print(f"  latest: loss {m.get('loss')}, kl {m.get('kl')}, margin {m.get('reward_margin')}")
+
+
+@jobs_app.command("list")
+def list_(
+    status_: Annotated[str | None, typer.Option("--status", help="queued|running|succeeded|failed|cancelled")] = None,
+    adapter: Annotated[str | None, typer.Option(help="Only this adapter.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+) -> None:
+    """Jobs, newest first."""
+    params = {k: v for k, v in {"status": status_, "adapter": adapter, "limit": limit}.items() if v is not None}
+    rows = _call(_client().get, "/v1/jobs", params=params)["jobs"]
+    table = Table("id", "adapter", "status", "step", "attempts", "version", "created")
+    for j in rows:
+        version = f"v{j['adapter_version']['version']}" if j.get("adapter_version") else ""
+        table.add_row(j["id"], j["adapter"], j["status"], f"{j['progress']['step']}/{j['progress']['total']}",
+                      str(j["attempts"]), version, j["created_at"][:19])
+    Console(width=max(Console().width, 140)).print(table)  # room for 32-character ids
+
+
+@jobs_app.command("cancel")
+def cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """Cancel: a queued job at once, a running one within one training step."""
+    job = _call(_client().post, f"/v1/jobs/{job_id}/cancel")
+    state = job["status"] if job["status"] != "running" else "running; it stops within one training step"
+    console.print(f"job {job_id}: {state}")
+
+
+def _watch(client: Client, job_id: str, *, interval: float) -> dict:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}  kl {task.fields[kl]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("queued", total=None, loss="-", kl="-")
+        while True:
+            job = _call(client.get, f"/v1/jobs/{job_id}")
+            p, m = job["progress"], job.get("metrics") or {}
+            bar.update(task, description=job["status"], completed=p["step"], total=p["total"] or None,
+                       loss=_fmt(m.get("loss")), kl=_fmt(m.get("kl")))
+            if job["status"] in FINISHED:
+                break
+            time.sleep(interval)
+    print(_summary(job))
+    return job
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+@jobs_app.command("watch")
+def watch(job_id: Annotated[str, typer.Argument(help="The job id.")],
+          interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0) -> None:
+    """A progress bar with the latest loss and kl until the job ends; exit code 1 unless it succeeded."""
+    job = _watch(_client(), job_id, interval=interval)
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)

@@ -1,0 +1,59 @@
+"""`prospect jobs ...` against the real API app (in process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from api.main import create_app
+from core import cli_jobs, jobs
+from core.cli import app
+from core.client import Client
+from core.db import session_scope
+from core.keys import create_key
+from core.models import BaseModelRecord
+
+
+@pytest.fixture
+def cli(settings, engine, monkeypatch):
+    with session_scope(engine) as s:
+        s.add(BaseModelRecord(name="tiny", source="/m", path="/m", sha256="0" * 64))
+        _, key = create_key(s, name="cli", scopes="train,read")
+    client = Client.__new__(Client)
+    client._http = TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    monkeypatch.setattr(cli_jobs, "_client", lambda: client)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def test_start_status_list_cancel_watch(cli, engine):
+    started = cli("jobs", "start", "bot", "--base-model", "tiny", "--config", '{"beta": 0.2}')
+    assert started.exit_code == 0, started.output
+    job_id = started.stdout.strip().splitlines()[-1]
+    status = cli("jobs", "status", job_id, "--json")
+    assert status.exit_code == 0 and json.loads(status.stdout)["config"] == {"beta": 0.2}
+    assert "queued" in cli("jobs", "status", job_id).stdout
+    assert job_id in cli("jobs", "list", "--adapter", "bot").stdout
+
+    with session_scope(engine) as s:
+        jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60)
+        jobs.record_progress(s, job_id=job_id, worker="w:1", step=4, total=4, metrics={"loss": 0.25, "kl": 0.5},
+                             attempt=1)
+        jobs.succeed(s, job_id=job_id, worker="w:1", adapter_version_id=None)
+    watched = cli("jobs", "watch", job_id, "--interval", "0.01")
+    assert watched.exit_code == 0 and "succeeded  step 4/4" in watched.stdout
+
+    other = cli("jobs", "start", "bot", "--base-model", "tiny").stdout.strip().splitlines()[-1]
+    assert cli("jobs", "cancel", other).exit_code == 0
+    assert cli("jobs", "watch", other, "--interval", "0.01").exit_code == 1  # it did not succeed
+
+
+def test_errors_are_messages(cli):
+    bad = cli("jobs", "start", "bot", "--base-model", "tiny", "--config", '{"beta": -1}')
+    assert bad.exit_code == 2 and "beta must be > 0" in bad.output
+    assert "must be a JSON object" in cli("jobs", "start", "bot", "-b", "tiny", "--config", "[1]").output
+    missing = cli("jobs", "status", "nope")
+    assert missing.exit_code == 2 and "no job with id 'nope'" in missing.output
