@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from sqlalchemy import select
+
 from core.base_models import get_base_model_or_none, register_base_model
 from core.db import get_engine, session_scope
 from core.errors import Conflict
 from core.logging import configure_logging
-from core.models import BaseModelRecord
+from core.models import AlignmentJob, BaseModelRecord
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -37,11 +40,25 @@ BOOTSTRAP_TIMEOUT_S = 15 * 60
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cleanup(settings: Settings) -> None:
+def cleanup(settings: Settings) -> list[Path]:
+    """Half-published adapter folders, and checkpoints / staging folders of jobs that are not
+    queued or running (a job that may still resume keeps its checkpoint). Returns what was removed."""
     from core.adapters import cleanup_leftovers
 
-    with session_scope(get_engine(settings)) as s:
-        cleanup_leftovers(settings, s)
+    engine = get_engine(settings)
+    with session_scope(engine) as s:
+        removed = list(cleanup_leftovers(settings, s))
+    for folder, prefix in ((settings.data_path / "checkpoints", ""), (settings.data_path / "staging", "job-")):
+        if not folder.is_dir():
+            continue
+        with session_scope(engine) as s:
+            active = set(s.scalars(select(AlignmentJob.id).where(AlignmentJob.status.in_(("queued", "running")))))
+        for child in folder.iterdir():
+            if child.is_dir() and child.name.removeprefix(prefix) not in active:
+                log.info("removing leftover %s", child)
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
 
 
 def ensure_bundled_model(settings: Settings) -> BaseModelRecord:
