@@ -71,7 +71,10 @@ class JobOptions:
     """
 
     heldout_fraction: float = 0.2  # share of distinct prompts held out for the gate
-    gate_min_loss_improvement: float = 0.0  # reference loss - adapter loss must exceed this
+    # reference loss - adapter loss must exceed this. Not 0: a collapsed adapter (every completion
+    # made unlikely, e.g. a learning rate of 1e-1) scores lambda_D * n_D / n, which the class
+    # weights put at the reference's loss up to sampling noise; a strict "<" let float noise through.
+    gate_min_loss_improvement: float = 0.01
     gate_min_reward_margin: float = 0.0  # held-out reward margin must exceed this
 
     @classmethod

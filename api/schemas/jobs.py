@@ -25,7 +25,7 @@ class JobIn(BaseModel):
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Pipeline options: heldout_fraction (0.2), gate_min_loss_improvement "
-        "(0.0), gate_min_reward_margin (0.0)."
+        "(0.01), gate_min_reward_margin (0.0)."
     )
     force_publish: bool = Field(False, description="Publish even when the held-out gate would refuse.")
 

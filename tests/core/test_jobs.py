@@ -46,7 +46,7 @@ def test_create_job_validates_inputs(engine, base_model):
     job_id = _job(engine, config={"beta": 0.2}, options={"heldout_fraction": 0.3})
     job = _get(engine, job_id)
     assert (job.status, job.attempts, job.max_attempts, job.config) == ("queued", 0, 3, {"beta": 0.2})
-    assert job.options == {"heldout_fraction": 0.3, "gate_min_loss_improvement": 0.0, "gate_min_reward_margin": 0.0}
+    assert job.options == {"heldout_fraction": 0.3, "gate_min_loss_improvement": 0.01, "gate_min_reward_margin": 0.0}
     with session_scope(engine) as s:
         with pytest.raises(NotFound, match="no base model named 'nope'"):
             jobs.create_job(s, adapter_name="a", base_model_name="nope")

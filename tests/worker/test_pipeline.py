@@ -74,6 +74,8 @@ def test_reference_figures_and_gate():
     assert (ref["reward_margin"], ref["accuracy"]) == (0.0, 0.0)
     options = jobs.JobOptions()
     assert gate({"loss": 0.5, "reward_margin": 0.1}, ref, options) == (True, [])
+    # A collapsed adapter scores the reference's loss up to float noise: refused.
+    assert gate({"loss": ref["loss"] - 1e-7, "reward_margin": 1.4}, ref, options)[0] is False
     passed, reasons = gate({"loss": 0.7, "reward_margin": -0.1}, ref, options)
     assert not passed and len(reasons) == 2 and "not below the reference's 0.625000" in reasons[0]
     strict = jobs.JobOptions(gate_min_reward_margin=0.5)
