@@ -398,7 +398,9 @@ def train_kto(
         "train_loss_mean": sum(h["loss"] for h in history) / len(history) if history else None,
         "total_tokens": total_tokens,
         "runtime_s": runtime,
-        "train_tokens_per_s": total_tokens / runtime if runtime > 0 else None,
+        # From the steps' own timings: right across a resume too.
+        "train_tokens_per_s": total_tokens / sum(h["tokens"] / h["tokens_per_s"] for h in history)
+        if history and all(h["tokens_per_s"] for h in history) else None,
     })
     targets = sorted(next(iter(model.peft_config.values())).target_modules or [])
     return TrainResult(model=model, history=history, metrics=final, weights=weights, config=config,
