@@ -8,8 +8,8 @@ import json
 import tarfile
 
 import pytest
-from api_client import make_api
-from artifacts import make_model_dir, make_staged
+from tests.api_client import make_api
+from tests.artifacts import make_model_dir, make_staged
 
 from core.adapters import publish_adapter_version
 from core.base_models import register_base_model

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from api_client import make_api
-from artifacts import make_model_dir
+from tests.api_client import make_api
+from tests.artifacts import make_model_dir
 
 from core.base_models import weights_sha256
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import pytest
-from api_client import make_api
+from tests.api_client import make_api
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from artifacts import make_model_dir, make_staged
+from tests.artifacts import make_model_dir, make_staged
 from sqlalchemy import func, select
 
 from core import adapters

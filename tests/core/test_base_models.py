@@ -8,7 +8,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-from artifacts import make_model_dir
+from tests.artifacts import make_model_dir
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from alignment.hashing import weights_sha256 as alignment_weights_sha256

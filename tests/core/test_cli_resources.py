@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from api_client import make_api
-from artifacts import make_model_dir, make_staged
+from tests.api_client import make_api
+from tests.artifacts import make_model_dir, make_staged
 from typer.testing import CliRunner
 
 from core import cli_resources

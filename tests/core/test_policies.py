@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from artifacts import make_model_dir
+from tests.artifacts import make_model_dir
 
 from core.base_models import register_base_model
 from core.db import session_scope

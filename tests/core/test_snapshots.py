@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from feedback_votes import T0, add_vote, retract
+from tests.feedback_votes import T0, add_vote, retract
 
 from core.db import session_scope
 from core.errors import Conflict, InvalidInput
