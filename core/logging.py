@@ -6,6 +6,9 @@ import logging
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+# Libraries that log every request or plugin at INFO: useful when debugging them, noise otherwise.
+CHATTY_LOGGERS = ("httpx", "httpcore", "alembic.runtime.plugins")
+
 
 def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
@@ -13,3 +16,5 @@ def configure_logging(level: str = "INFO") -> None:
         logging.basicConfig(level=level, format=FORMAT)
     else:
         root.setLevel(level)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
