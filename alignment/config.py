@@ -80,6 +80,7 @@ class KTOConfig:
     max_length: int = 512  # prompt + completion tokens
     max_prompt_length: int | None = None  # prompt share kept when both are long; None = max_length // 2
     group_by_length: bool = True  # microbatches of similar length: less padding
+    shuffle: bool = True  # False: microbatches take the rows in order, epochs too (benchmarks, comparisons)
 
     # LoRA
     lora_r: int = 16
@@ -89,6 +90,7 @@ class KTOConfig:
 
     # Runtime
     precompute_reference: bool = True  # reference log-probs once per job, reused by every epoch
+    packing: bool = True  # one forward per example for its pair and its KL pair (shared prompt), no padding waste
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = none
     device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"  # "auto" (bf16 on cuda, fp32 on cpu), "float32", "bfloat16", "float16"

@@ -58,12 +58,53 @@ class Sequences:
 
 
 @dataclass
+class Packed:
+    """The matched and KL pairs of a microbatch in a few rows, without padding waste.
+
+    Each example is one segment: its prompt x_i once, then two branches, its
+    own completion y_i and its KL partner's y_j. Attention stays inside a
+    segment; a branch sees the prompt and itself, never the other branch; the
+    positions of both branches continue right after the prompt. So one
+    forward gives log pi(y_i|x_i) and log pi(y_j|x_i) exactly as two separate
+    sequences would, with the prompt computed once. Segments are packed
+    first-fit-decreasing into rows no longer than the longest segment. (A KL
+    pair whose prompt was truncated differently is a segment of its own.)
+    """
+
+    input_ids: torch.Tensor  # (R, L) long
+    position_ids: torch.Tensor  # (R, L) long
+    segment: torch.Tensor  # (R, L) long, segment id; -1 on padding
+    branch: torch.Tensor  # (R, L) long, 0 prompt, 1.. the branch number within the segment
+    score_from: torch.Tensor  # (N,) long, flat (R*L) index of the hidden state that predicts each scored token
+    targets: torch.Tensor  # (N,) long, the scored completion tokens
+    score_slot: torch.Tensor  # (N,) long, flat index into the (B, Wm) matched then (B, Wk) KL score grids
+    widths: tuple[int, int]  # (Wm, Wk): score grids laid out as the padded sequences' (T-1) positions
+    size: int  # B
+    has_kl: bool
+
+    def to(self, device) -> Packed:
+        tensors = {k: getattr(self, k).to(device) for k in
+                   ("input_ids", "position_ids", "segment", "branch", "score_from", "targets", "score_slot")}
+        return Packed(**tensors, widths=self.widths, size=self.size, has_kl=self.has_kl)
+
+    def attention_mask(self) -> torch.Tensor:
+        """(R, 1, L, L) bool, True where query q may attend to key k."""
+        idx = torch.arange(self.input_ids.shape[1], device=self.input_ids.device)
+        causal = idx[None, :] <= idx[:, None]
+        same = self.segment[:, :, None] == self.segment[:, None, :]
+        branch_q, branch_k = self.branch[:, :, None], self.branch[:, None, :]
+        # Padding is segment -1, branch 0: it attends to earlier padding (never an empty row, so no NaN).
+        return (same & causal & ((branch_k == 0) | (branch_k == branch_q))).unsqueeze(1)
+
+
+@dataclass
 class Batch:
     indices: list[int]  # example indices, in microbatch order
     matched: Sequences  # x_i + y_i
     kl: Sequences | None  # x_i + y_partner(i); None when kl_mode is "zero"
     labels: torch.Tensor  # (B,) bool
     num_tokens: int  # real prompt + completion tokens of the matched pairs (for tokens/s)
+    packed: Packed | None = None  # the same pairs with shared prompts, when requested
 
 
 def _as_messages(value, *, index: int, field: str) -> list[dict]:
@@ -173,8 +214,74 @@ def _pad(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Sequences:
     return Sequences(ids, attention, completion)
 
 
+def pack(matched: list[tuple[list[int], list[int]]], kl: list[tuple[list[int], list[int]]] | None,
+         pad_id: int) -> Packed:
+    """:class:`Packed` from the (prompt, completion) pairs that :func:`collate` pads."""
+    m = len(matched)
+    # A segment: (prompt, [(grid slot, completion), ...]); slot i = matched i, slot m + i = KL pair i.
+    segments: list[tuple[list[int], list[tuple[int, list[int]]]]] = []
+    for i, (prompt, completion) in enumerate(matched):
+        branches = [(i, completion)]
+        if kl is not None:
+            kl_prompt, kl_completion = kl[i]
+            if kl_prompt == prompt:
+                branches.append((m + i, kl_completion))
+            else:
+                segments.append((kl_prompt, [(m + i, kl_completion)]))
+        segments.append((prompt, branches))
+    sizes = [len(p) + sum(len(c) for _, c in b) for p, b in segments]
+    capacity = max(sizes)
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for s in sorted(range(len(segments)), key=lambda s: -sizes[s]):  # first fit, decreasing
+        row = next((r for r in range(len(rows)) if fill[r] + sizes[s] <= capacity), None)
+        if row is None:
+            rows.append([])
+            fill.append(0)
+            row = len(rows) - 1
+        rows[row].append(s)
+        fill[row] += sizes[s]
+
+    width = max(fill)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)
+    branch = torch.zeros((len(rows), width), dtype=torch.long)
+    grid_m = max(len(p) + len(c) for p, c in matched) - 1
+    grid_k = max(len(p) + len(c) for p, c in kl) - 1 if kl is not None else 0
+    score_from, targets, score_slot = [], [], []
+    for r, members in enumerate(rows):
+        offset = 0
+        for s in members:
+            prompt, branches = segments[s]
+            n = len(prompt)
+            ids[r, offset:offset + n] = torch.tensor(prompt, dtype=torch.long)
+            positions[r, offset:offset + n] = torch.arange(n)
+            segment[r, offset:offset + n] = s
+            start = offset + n
+            for number, (slot, completion) in enumerate(branches, start=1):
+                c = len(completion)
+                ids[r, start:start + c] = torch.tensor(completion, dtype=torch.long)
+                positions[r, start:start + c] = torch.arange(n, n + c)
+                segment[r, start:start + c] = s
+                branch[r, start:start + c] = number
+                grid = (slot * grid_m) if slot < m else (m * grid_m + (slot - m) * grid_k)
+                for j in range(c):
+                    if n + j == 0:
+                        continue  # the very first token of a sequence is never scored
+                    # Token j is predicted by the prompt's last state (j = 0) or by its predecessor in the branch.
+                    score_from.append(r * width + (offset + n - 1 if j == 0 else start + j - 1))
+                    targets.append(completion[j])
+                    score_slot.append(grid + n + j - 1)  # where the padded sequence would hold it
+                start += c
+            offset = start
+    return Packed(ids, positions, segment, branch, torch.tensor(score_from, dtype=torch.long),
+                  torch.tensor(targets, dtype=torch.long), torch.tensor(score_slot, dtype=torch.long),
+                  (grid_m, grid_k), m, kl is not None)
+
+
 def collate(examples: Sequence[Example], indices: Sequence[int], *, max_length: int, prompt_budget: int,
-            pad_id: int, pairing: str = "next", with_kl: bool = True) -> Batch:
+            pad_id: int, pairing: str = "next", with_kl: bool = True, packed: bool = False) -> Batch:
     """One microbatch of ``examples[indices]`` with its KL pairs."""
     chosen = [examples[i] for i in indices]
     m = len(chosen)
@@ -193,6 +300,7 @@ def collate(examples: Sequence[Example], indices: Sequence[int], *, max_length: 
         kl=_pad(kl, pad_id) if kl is not None else None,
         labels=torch.tensor([e.label for e in chosen], dtype=torch.bool),
         num_tokens=sum(len(p) + len(c) for p, c in matched),
+        packed=pack(matched, kl, pad_id) if packed else None,
     )
 
 

@@ -13,9 +13,8 @@ import torch
 
 from alignment.config import KTOConfig
 from alignment.data import adds_bos, plan_batches, render_prompt, tokenize_rows
-from alignment.logps import sequence_logps
 from alignment.loss import kto_loss
-from alignment.train import Collator, reference_logps, summarize
+from alignment.train import Collator, pair_logps, reference_logps, summarize
 from alignment.weights import class_weights
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def evaluate_kto(
         desirable_weight, undesirable_weight = config.desirable_weight, config.undesirable_weight
     weights = class_weights(n_desirable, len(examples) - n_desirable, desirable_weight=desirable_weight,
                             undesirable_weight=undesirable_weight, allow_single_class=True)
-    collate_fn = Collator(examples, tokenizer, config, device)
+    collate_fn = Collator(examples, tokenizer, config, device, model)
     batches = plan_batches([e.num_tokens for e in examples], config.batch_size, seed=config.seed,
                            group_by_length=config.group_by_length, shuffle=False)
 
@@ -69,8 +68,7 @@ def evaluate_kto(
             batch = collate_fn(indices)
             ref, ref_kl = reference_logps(model, batch)
             with torch.inference_mode():
-                policy = sequence_logps(model, batch.matched)
-                policy_kl = sequence_logps(model, batch.kl) if batch.kl is not None else None
+                policy, policy_kl = pair_logps(model, batch)
             out = kto_loss(policy, ref, policy_kl, ref_kl, batch.labels, beta=config.beta,
                            desirable_weight=weights.desirable, undesirable_weight=weights.undesirable)
             # Per-example loss weight: a microbatch's mean counts by its size.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alignment.data import Sequences
+from alignment.data import Packed, Sequences
 
 # Config attributes that post-process logits after the LM head.
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -60,6 +60,39 @@ def sequence_logps(model, seqs: Sequences) -> torch.Tensor:
     logits = head(hidden[:, :-1][scored]).float()  # (N, V), N = completion tokens in the batch
     token_logps = -F.cross_entropy(logits, seqs.input_ids[:, 1:][scored], reduction="none")
     return _sum_per_row(token_logps, scored)
+
+
+def supports_packing(model) -> bool:
+    """Whether :func:`packed_logps` can run ``model``: a plain head, and an attention that takes our 4D mask."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    implementation = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    return _split_head(model) is not None and implementation in ("sdpa", "eager")
+
+
+def packed_logps(model, packed: Packed) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """((B,), (B,) or None): summed completion log-probs of the matched and of the KL pairs.
+
+    One forward over the packed rows (see :class:`alignment.data.Packed`).
+    Gradients flow into both when autograd is on; the trainer detaches the
+    KL sums (z0 is a baseline). Results are fp32, summed in the same layout
+    as :func:`sequence_logps` sums the padded sequences.
+    """
+    decoder, head = _split_head(model)
+    mask = packed.attention_mask()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.config._attn_implementation == "eager":  # eager adds the mask to the scores
+        dtype = next(head.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    hidden = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                     attention_mask=mask).last_hidden_state
+    states = hidden.reshape(-1, hidden.shape[-1])[packed.score_from]
+    token_logps = -F.cross_entropy(head(states).float(), packed.targets, reduction="none")
+    b, (width_m, width_k) = packed.size, packed.widths
+    grid = torch.zeros(b * (width_m + width_k), dtype=token_logps.dtype, device=token_logps.device)
+    grid = grid.index_put((packed.score_slot,), token_logps)
+    matched = grid[: b * width_m].view(b, width_m).sum(-1)
+    kl = grid[b * width_m:].view(b, width_k).sum(-1) if packed.has_kl else None
+    return matched, kl
 
 
 def naive_sequence_logps(model, seqs: Sequences) -> torch.Tensor:
