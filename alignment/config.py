@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 KLMode = Literal["estimate", "zero"]
 KLPairing = Literal["next", "previous"]
 Schedule = Literal["cosine", "linear", "constant"]
+Layout = Literal["auto", "per_sequence", "batched"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,11 @@ class KTOConfig:
 
     # Runtime
     precompute_reference: bool = True  # reference log-probs once per job, reused by every epoch
-    packing: bool = True  # one forward per example for its pair and its KL pair (shared prompt), no padding waste
+    # "per_sequence": one unpadded forward per example, its KL pair continuing from the cached prompt
+    # (fastest on a CPU, where time follows the token count); "batched": right-padded microbatches
+    # (a GPU wants large kernels); "auto": per_sequence on CPU, batched elsewhere.
+    sequence_layout: Layout = "auto"
+    packing: bool = True  # batched layout: the reference pass computes each prompt once for both pairs (4D mask)
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = none
     device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"  # "auto" (bf16 on cuda, fp32 on cpu), "float32", "bfloat16", "float16"

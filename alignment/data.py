@@ -45,6 +45,9 @@ class Example:
         return len(self.prefix) + len(self.prompt) + len(self.completion)
 
 
+Pair = tuple[list[int], list[int]]  # (prompt tokens with prefix, completion tokens), truncated
+
+
 @dataclass
 class Sequences:
     """Right-padded token sequences of one microbatch."""
@@ -105,6 +108,9 @@ class Batch:
     labels: torch.Tensor  # (B,) bool
     num_tokens: int  # real prompt + completion tokens of the matched pairs (for tokens/s)
     packed: Packed | None = None  # the same pairs with shared prompts, when requested
+    matched_pairs: list[Pair] | None = None  # the unpadded token lists, for the per-sequence layout
+    kl_pairs: list[Pair] | None = None
+    per_sequence: bool = False  # score with one forward per example (alignment.logps.per_sequence_logps)
 
 
 def _as_messages(value, *, index: int, field: str) -> list[dict]:
@@ -301,6 +307,8 @@ def collate(examples: Sequence[Example], indices: Sequence[int], *, max_length: 
         labels=torch.tensor([e.label for e in chosen], dtype=torch.bool),
         num_tokens=sum(len(p) + len(c) for p, c in matched),
         packed=pack(matched, kl, pad_id) if packed else None,
+        matched_pairs=matched,
+        kl_pairs=kl,
     )
 
 

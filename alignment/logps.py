@@ -9,10 +9,13 @@ the plain full-logits path.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-from alignment.data import Packed, Sequences
+from alignment.data import Packed, Pair, Sequences
 
 # Config attributes that post-process logits after the LM head.
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -93,6 +96,74 @@ def packed_logps(model, packed: Packed) -> tuple[torch.Tensor, torch.Tensor | No
     matched = grid[: b * width_m].view(b, width_m).sum(-1)
     kl = grid[b * width_m:].view(b, width_k).sum(-1) if packed.has_kl else None
     return matched, kl
+
+
+def supports_per_sequence(model) -> bool:
+    """Whether :func:`per_sequence_logps` can run ``model``: a plain head and a decoder with a KV cache."""
+    split = _split_head(model)
+    return split is not None and getattr(split[0].config, "use_cache", None) is not None
+
+
+def _completion_logp(head, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed log-prob of ``targets`` (N,) predicted by ``states`` (N, H); a 0-dim fp32 tensor."""
+    if targets.numel() == 0:
+        return states.new_zeros((), dtype=torch.float32)
+    token_logps = -F.cross_entropy(head(states).float(), targets, reduction="none")
+    # fp64 accumulation: a long fp32 sum in another order than the padded path's would drift by ~1e-5.
+    return token_logps.double().sum().float()
+
+
+def _cache_kwarg(decoder) -> str:
+    # transformers 5 renamed past_key_values to cache (the old name warns, then goes).
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def per_sequence_logps(model, matched: Sequence[Pair], kl: Sequence[Pair] | None,
+                       device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """((B,), (B,) or None): summed completion log-probs, one forward per example.
+
+    No padding and no attention mask (attention takes its causal fast path),
+    so the work is the real tokens and nothing else: on a CPU, where time
+    follows the token count, this beats a padded batch. The KL pair of
+    example i (its prompt, the partner's completion) continues from the KV
+    cache of i's own forward cut back to the prompt, so the prompt is
+    computed once for both pairs. The KL forward never carries a gradient
+    (z0 is a baseline); the matched sums do when autograd is on.
+    """
+    decoder, head = _split_head(model)
+    matched_out, kl_out = [], []
+    for i, (prompt, completion) in enumerate(matched):
+        ids = torch.tensor([prompt + completion], dtype=torch.long, device=device)
+        p = len(prompt)
+        share = kl is not None and list(kl[i][0]) == list(prompt) and p > 0
+        out = decoder(input_ids=ids, use_cache=share)
+        hidden = out.last_hidden_state[0]
+        # Position t predicts token t+1; the first token of a sequence is never scored.
+        first = max(p, 1)
+        matched_out.append(_completion_logp(head, hidden[first - 1:-1], ids[0, first:]))
+        if kl is None:
+            continue
+        with torch.no_grad():
+            kl_prompt, kl_completion = kl[i]
+            kl_ids = torch.tensor([kl_completion], dtype=torch.long, device=device)
+            cache = _returned_cache(out) if share else None
+            if cache is not None and hasattr(cache, "crop"):
+                cache.crop(p - ids.shape[1])  # negative: drop the own completion (both transformers APIs)
+                tail = decoder(input_ids=kl_ids, use_cache=True, **{_cache_kwarg(decoder): cache}).last_hidden_state[0]
+                states = torch.cat([hidden[p - 1:p].detach(), tail[:-1]])
+                kl_out.append(_completion_logp(head, states, kl_ids[0]))
+            else:  # no cache to share, or the prompt was truncated differently for the partner's completion
+                full = torch.tensor([list(kl_prompt) + list(kl_completion)], dtype=torch.long, device=device)
+                states = decoder(input_ids=full, use_cache=False).last_hidden_state[0]
+                start = max(len(kl_prompt), 1)
+                kl_out.append(_completion_logp(head, states[start - 1:-1], full[0, start:]))
+        del out  # the cache: the matched graph keeps what backward needs
+    return torch.stack(matched_out), torch.stack(kl_out) if kl is not None else None
 
 
 def naive_sequence_logps(model, seqs: Sequences) -> torch.Tensor:

@@ -22,7 +22,13 @@ import torch
 
 from alignment.config import KTOConfig
 from alignment.data import Batch, Example, collate, pad_token_id, plan_batches, tokenize_rows
-from alignment.logps import packed_logps, sequence_logps, supports_packing
+from alignment.logps import (
+    packed_logps,
+    per_sequence_logps,
+    sequence_logps,
+    supports_packing,
+    supports_per_sequence,
+)
 from alignment.lora import attach_lora
 from alignment.loss import kto_loss
 from alignment.weights import ClassWeights, class_weights
@@ -118,8 +124,15 @@ class Plan:
 
 # ---------------------------------------------------------------- forward helpers
 
+def use_per_sequence(config: KTOConfig, device: torch.device, model) -> bool:
+    """The layout the config asks for, where the model allows it (else batched)."""
+    wanted = config.sequence_layout == "per_sequence" or (config.sequence_layout == "auto" and device.type == "cpu")
+    return wanted and model is not None and supports_per_sequence(model)
+
+
 class Collator:
-    """Microbatches on the device; packed (shared prompts) when the config and the model allow it."""
+    """Microbatches on the device, in the layout the config and the model allow:
+    per sequence, or padded (with a packed reference pass)."""
 
     def __init__(self, examples: Sequence[Example], tokenizer, config: KTOConfig, device: torch.device,
                  model=None):
@@ -127,7 +140,8 @@ class Collator:
         self.pad_id = pad_token_id(tokenizer)
         self.config = config
         self.device = device
-        self.packed = config.packing and model is not None and supports_packing(model)
+        self.per_sequence = use_per_sequence(config, device, model)
+        self.packed = not self.per_sequence and config.packing and model is not None and supports_packing(model)
 
     def __call__(self, indices: Sequence[int]) -> Batch:
         c = self.config
@@ -138,20 +152,23 @@ class Collator:
         batch.kl = batch.kl.to(self.device) if batch.kl is not None else None
         batch.labels = batch.labels.to(self.device)
         batch.packed = batch.packed.to(self.device) if batch.packed is not None else None
+        batch.per_sequence = self.per_sequence
         return batch
 
 
 def pair_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(matched, kl) summed log-probs under ``model`` as it is (autograd as the caller set it).
 
-    Without autograd (the reference, evaluation) one packed forward per
-    microbatch computes each prompt once for both of its pairs. With autograd
-    (the policy) the padded sequences are used: a shared forward would also
-    backpropagate through every KL branch, and packing the matched pairs alone
-    into rows no longer than the longest saved nothing (measured on SmolLM2,
-    see the README's Performance section). The KL sums never carry a
-    gradient (z0 is a baseline), so that forward runs without a graph.
+    Per sequence: one unpadded forward per example, the KL pair continuing
+    from its cached prompt (see :func:`alignment.logps.per_sequence_logps`).
+    Batched: without autograd (the reference, evaluation) one packed forward
+    per microbatch computes each prompt once for both of its pairs. With
+    autograd (the policy) the padded sequences are used: a shared forward
+    would also backpropagate through every KL branch. The KL sums never
+    carry a gradient (z0 is a baseline), so that forward runs without a graph.
     """
+    if batch.per_sequence:
+        return per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, batch.labels.device)
     if batch.packed is not None and not torch.is_grad_enabled():
         return packed_logps(model, batch.packed)
     matched = sequence_logps(model, batch.matched)

@@ -135,16 +135,35 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+# The optimisations one at a time, for the README's table (``--ablation``): each row adds one to the last.
+ABLATION = (
+    ("baseline: padded batches, full-vocab head, reference each step",
+     {"sequence_layout": "batched", "packing": False, "precompute_reference": False}, True),
+    ("+ LM head only at completion positions",
+     {"sequence_layout": "batched", "packing": False, "precompute_reference": False}, False),
+    ("+ reference log-probs precomputed once",
+     {"sequence_layout": "batched", "packing": False, "precompute_reference": True}, False),
+    ("+ packed reference pass (each prompt once for both pairs)",
+     {"sequence_layout": "batched", "packing": True, "precompute_reference": True}, False),
+    ("+ per-sequence layout (no padding; KL pair from the cached prompt)",
+     {"sequence_layout": "per_sequence", "packing": True, "precompute_reference": True}, False),
+)
+
+
 def _prospect_config(spec: dict):
     from alignment import KTOConfig
 
-    return KTOConfig(
-        beta=spec["beta"], learning_rate=spec["lr"], max_steps=spec["steps"], batch_size=spec["batch"],
-        max_length=spec["max_length"], lr_schedule="linear", warmup_ratio=0.0, lora_r=16, lora_alpha=32,
-        lora_dropout=0.0, lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-        kl_pairing="previous", group_by_length=False, shuffle=False,
-        desirable_weight=1.0, undesirable_weight=1.0, seed=0, device=_device(),
-    )
+    return KTOConfig(**spec.get("overrides", {}), **_common_settings(spec))
+
+
+def _common_settings(spec: dict) -> dict:
+    return {
+        "beta": spec["beta"], "learning_rate": spec["lr"], "max_steps": spec["steps"], "batch_size": spec["batch"],
+        "max_length": spec["max_length"], "lr_schedule": "linear", "warmup_ratio": 0.0, "lora_r": 16, "lora_alpha": 32,
+        "lora_dropout": 0.0, "lora_target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"),
+        "kl_pairing": "previous", "group_by_length": False, "shuffle": False,
+        "desirable_weight": 1.0, "undesirable_weight": 1.0, "seed": 0, "device": _device(),
+    }
 
 
 def run_prospect(spec: dict) -> dict:
@@ -152,6 +171,10 @@ def run_prospect(spec: dict) -> dict:
 
     from alignment import train_kto
 
+    if spec.get("full_vocab_head"):
+        import alignment.logps
+
+        alignment.logps._split_head = lambda model: None  # every scorer falls back to full logits
     model, tokenizer = _load(spec["model_dir"])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -277,6 +300,18 @@ def worker(kind: str, spec_path: str) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
+def ablation(spec: dict, tmp: Path) -> list[dict]:
+    """Prospect alone, once per row of ABLATION, in order."""
+    table = []
+    for name, overrides, full_vocab_head in ABLATION:
+        path = tmp / "ablation-spec.json"
+        path.write_text(json.dumps({**spec, "overrides": overrides, "full_vocab_head": full_vocab_head}))
+        run = spawn("prospect", path)
+        table.append({"step": name, "tokens_per_s": run["tokens"] / run["seconds"], "seconds": run["seconds"],
+                      "peak_mb": run["peak_mb"], "final_loss": run["final_loss"]})
+    return table
+
+
 def spawn(kind: str, spec_path: Path) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--worker", kind, "--spec", str(spec_path)],
                           capture_output=True, text=True, cwd=ROOT, check=False)
@@ -313,6 +348,8 @@ def main() -> None:
     parser.add_argument("--model-dir", default=None,
                         help="converted model folder (default: var/models/smollm2-135m-instruct, or a tiny one)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true")
+    parser.add_argument("--ablation", action="store_true",
+                        help="Prospect only, adding one optimisation at a time; prints the table as JSON")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -336,6 +373,11 @@ def main() -> None:
                 "adapter_dir": str(tmp / "adapter"), "trl_gradient_checkpointing": args.trl_gradient_checkpointing}
         spec_path = tmp / "spec.json"
         spec_path.write_text(json.dumps(spec))
+        if args.ablation:
+            table = ablation(spec, tmp)
+            print(json.dumps({"model": args.model, "steps": args.steps, "batch": args.batch,
+                              "max_length": args.max_length, "ablation": table}))
+            return
 
         runs: dict[str, list[dict]] = {"prospect": [], "trl_default": [], "trl_precompute": []}
         for r in range(args.rounds):

@@ -1,0 +1,104 @@
+"""The per-sequence layout (one unpadded forward per example, KL pair from the cached prompt)
+against the padded sequences, and a training run in each layout."""
+
+import pytest
+import torch
+
+from alignment.config import KTOConfig
+from alignment.data import collate, tokenize_rows
+from alignment.logps import per_sequence_logps, sequence_logps, supports_per_sequence
+from alignment.train import train_kto
+from tests.alignment.test_packing import TOL, lora_model
+
+
+def batch_of(tokenizer, rows, *, pairing="next", max_length=128, prompt_budget=64):
+    examples = tokenize_rows(rows, tokenizer)
+    return collate(examples, list(range(len(examples))), max_length=max_length, prompt_budget=prompt_budget,
+                   pad_id=tokenizer.pad_token_id, pairing=pairing)
+
+
+def count_decoder_tokens(model):
+    """A list that collects the number of tokens each embedding lookup sees."""
+    seen = []
+    embeddings = model.get_input_embeddings()
+    hook = embeddings.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    return seen, hook
+
+
+@pytest.mark.parametrize("pairing", ["next", "previous"])
+def test_matches_padded_and_computes_each_prompt_once(tiny_model, tiny_tokenizer, rows, pairing):
+    batch = batch_of(tiny_tokenizer, rows[:8], pairing=pairing)
+    assert supports_per_sequence(tiny_model)
+    seen, hook = count_decoder_tokens(tiny_model)
+    try:
+        with torch.no_grad():
+            matched, kl = per_sequence_logps(tiny_model, batch.matched_pairs, batch.kl_pairs, "cpu")
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        assert torch.allclose(matched, sequence_logps(tiny_model, batch.matched), **TOL)
+        assert torch.allclose(kl, sequence_logps(tiny_model, batch.kl), **TOL)
+    # Every matched pair in full, then only the partner's completion: no padding, no second prompt.
+    real_matched = int(batch.matched.attention_mask.sum())
+    assert sum(seen) == real_matched + int(batch.kl.completion_mask.sum())
+    assert len(seen) == 16
+
+
+def test_gradients_match_padded_and_kl_has_none(tiny_model, tiny_tokenizer, rows):
+    model = lora_model(tiny_model)
+    batch = batch_of(tiny_tokenizer, rows[:6], pairing="previous")
+    params = [p for p in model.parameters() if p.requires_grad]
+    matched, kl = per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, "cpu")
+    assert matched.requires_grad and not kl.requires_grad
+    g_ours = torch.autograd.grad(matched.sum(), params)
+    padded = sequence_logps(model, batch.matched)
+    g_padded = torch.autograd.grad(padded.sum(), params)
+    assert torch.allclose(matched, padded, **TOL)
+    for a, b in zip(g_ours, g_padded, strict=True):
+        # fp32 rounding of other matmul shapes: ~1e-6 of the gradient's norm (elements reach ~100).
+        assert float((a - b).norm() / b.norm()) < 1e-5
+    with torch.no_grad():
+        # The adapter matters, and the KL sums are the adapted model's.
+        assert torch.allclose(kl, sequence_logps(model, batch.kl), **TOL)
+        with model.disable_adapter():
+            assert not torch.allclose(sequence_logps(model, batch.kl), kl, atol=1e-3)
+
+
+def test_kl_pair_truncated_differently_gets_its_own_forward(tiny_model, tiny_tokenizer):
+    long_answer = "Two plus two equals four. Three times three is nine. " * 3
+    rows = [{"prompt": "Write a haiku about the sea and the moon. " * 2, "completion": "Sea.", "label": True},
+            {"prompt": "Capital of France?", "completion": long_answer, "label": False},
+            {"prompt": "Hi", "completion": "Sure! Here is a short answer.", "label": True}]
+    batch = batch_of(tiny_tokenizer, rows, max_length=48, prompt_budget=8)
+    assert batch.kl_pairs[0][0] != batch.matched_pairs[0][0]  # the long partner cut prompt 0 shorter
+    with torch.no_grad():
+        matched, kl = per_sequence_logps(tiny_model, batch.matched_pairs, batch.kl_pairs, "cpu")
+        assert torch.allclose(matched, sequence_logps(tiny_model, batch.matched), **TOL)
+        assert torch.allclose(kl, sequence_logps(tiny_model, batch.kl), **TOL)
+
+
+def test_without_kl_pairs(tiny_model, tiny_tokenizer, rows):
+    examples = tokenize_rows(rows[:4], tiny_tokenizer)
+    batch = collate(examples, [0, 1, 2, 3], max_length=128, prompt_budget=64, pad_id=tiny_tokenizer.pad_token_id,
+                    with_kl=False)
+    with torch.no_grad():
+        matched, kl = per_sequence_logps(tiny_model, batch.matched_pairs, None, "cpu")
+        assert kl is None
+        assert torch.allclose(matched, sequence_logps(tiny_model, batch.matched), **TOL)
+
+
+def test_training_in_both_layouts_gives_the_same_run(tiny_dir, tiny_tokenizer, rows):
+    from transformers import AutoModelForCausalLM
+
+    def run(layout):
+        config = KTOConfig(max_steps=4, batch_size=4, learning_rate=1e-2, lora_dropout=0.0, warmup_ratio=0.0,
+                           sequence_layout=layout, kl_pairing="previous", shuffle=False)
+        return train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows, config)
+
+    ours, padded = run("per_sequence"), run("batched")
+    assert [h["tokens"] for h in ours.history] == [h["tokens"] for h in padded.history]
+    for a, b in zip(ours.history, padded.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["kl"] == pytest.approx(b["kl"], abs=1e-5)
+    # The run moved: the last step's loss is not the fresh adapter's 0.5.
+    assert abs(ours.history[-1]["loss"] - 0.5) > 1e-3
