@@ -95,6 +95,9 @@ class KTOConfig:
     # (fastest on a CPU, where time follows the token count); "batched": right-padded microbatches
     # (a GPU wants large kernels); "auto": per_sequence on CPU, batched elsewhere.
     sequence_layout: Layout = "auto"
+    # per_sequence on a CPU: examples scored at once, one thread each (a small matmul scales better across
+    # examples than inside one; ~17% faster on 2 cores); None = torch's intra-op thread count.
+    sequence_workers: int | None = None
     packing: bool = True  # batched layout: the reference pass computes each prompt once for both pairs (4D mask)
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = none
     device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:1", ...
@@ -187,6 +190,7 @@ def _check_values(c: KTOConfig) -> None:
                  "max_prompt_length", "lora_r", "lora_alpha", "max_grad_norm", "desirable_weight",
                  "undesirable_weight"):
         _positive(name, getattr(c, name))
+    _positive("sequence_workers", c.sequence_workers)
     for name in ("weight_decay", "checkpoint_every", "seed"):
         _positive(name, getattr(c, name), strict=False)
     if c.batch_size < 2:

@@ -111,6 +111,7 @@ class Batch:
     matched_pairs: list[Pair] | None = None  # the unpadded token lists, for the per-sequence layout
     kl_pairs: list[Pair] | None = None
     per_sequence: bool = False  # score with one forward per example (alignment.logps.per_sequence_logps)
+    workers: int = 1  # per-sequence layout: threads scoring examples at once
 
 
 def _as_messages(value, *, index: int, field: str) -> list[dict]:

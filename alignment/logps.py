@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -123,8 +124,116 @@ def _returned_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def per_sequence_logps(model, matched: Sequence[Pair], kl: Sequence[Pair] | None,
-                       device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _score_example(decoder, head, pair: Pair, kl_pair: Pair | None, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(matched, kl) summed log-probs of one example: its own forward, then its KL pair."""
+    prompt, completion = pair
+    ids = torch.tensor([list(prompt) + list(completion)], dtype=torch.long, device=device)
+    p = len(prompt)
+    share = kl_pair is not None and list(kl_pair[0]) == list(prompt) and p > 0
+    out = decoder(input_ids=ids, use_cache=share)
+    hidden = out.last_hidden_state[0]
+    # Position t predicts token t+1; the first token of a sequence is never scored.
+    first = max(p, 1)
+    matched = _completion_logp(head, hidden[first - 1:-1], ids[0, first:])
+    if kl_pair is None:
+        return matched, None
+    with torch.no_grad():
+        kl_prompt, kl_completion = kl_pair
+        kl_ids = torch.tensor([list(kl_completion)], dtype=torch.long, device=device)
+        cache = _returned_cache(out) if share else None
+        if cache is not None and hasattr(cache, "crop"):
+            cache.crop(p - ids.shape[1])  # negative: drop the own completion (both transformers APIs)
+            tail = decoder(input_ids=kl_ids, use_cache=True, **{_cache_kwarg(decoder): cache}).last_hidden_state[0]
+            states = torch.cat([hidden[p - 1:p].detach(), tail[:-1]])
+            kl = _completion_logp(head, states, kl_ids[0])
+        else:  # no cache to share, or the prompt was truncated differently for the partner's completion
+            full = torch.tensor([list(kl_prompt) + list(kl_completion)], dtype=torch.long, device=device)
+            states = decoder(input_ids=full, use_cache=False).last_hidden_state[0]
+            start = max(len(kl_prompt), 1)
+            kl = _completion_logp(head, states[start - 1:-1], full[0, start:])
+    return matched, kl
+
+
+def _draws_random(model) -> bool:
+    """Whether a forward of ``model`` as it is now (train mode, dropout) consumes random numbers."""
+    if not model.training:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if any(getattr(base.config, name, 0) or 0 for name in ("attention_dropout", "attn_pdrop", "dropout")):
+        return True
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def _balanced_chunks(sizes: Sequence[int], workers: int) -> list[list[int]]:
+    """Indices split into <= ``workers`` chunks of similar total size (longest first to the lightest)."""
+    chunks: list[list[int]] = [[] for _ in range(max(1, min(workers, len(sizes))))]
+    load = [0] * len(chunks)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        k = load.index(min(load))
+        chunks[k].append(i)
+        load[k] += sizes[i]
+    return [sorted(c) for c in chunks if c]
+
+
+class _OneThreadEach:
+    """Run functions on a few threads, each with one intra-op thread; restores torch's setting after."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def map(self, fn, items):
+        saved = torch.get_num_threads()
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+        def run(item):
+            torch.set_num_threads(1)
+            # Grad and inference mode are thread-local: carry the caller's into the worker.
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return fn(item)
+
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="prospect-seq") as pool:
+                return list(pool.map(run, items))
+        finally:
+            torch.set_num_threads(saved)
+
+
+class _ParallelBackward(torch.autograd.Function):
+    """Joins per-thread graphs into one (B,) tensor whose backward also runs on the threads.
+
+    Each chunk's backward is ``torch.autograd.grad`` into the trainable
+    parameters (never ``.grad`` from two threads at once: that would race);
+    the chunks' gradients are summed in a fixed order and handed to autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, parts, pool, *params):
+        ctx.parts, ctx.pool = parts, pool  # [(indices, (n,) tensor with its graph)]
+        ctx.save_for_backward(*params)
+        ctx.size = sum(len(idx) for idx, _ in parts)
+        out = params[0].new_empty(ctx.size, dtype=torch.float32)
+        for idx, values in parts:
+            out[idx] = values.detach()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inputs = ctx.needs_input_grad[2:]
+        targets = [p for p, needed in zip(ctx.saved_tensors, inputs, strict=True) if needed]
+
+        def chunk_grads(part):
+            idx, values = part
+            grads = torch.autograd.grad(values, targets, grad_output[idx], allow_unused=True)
+            return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, targets, strict=True)]
+
+        per_chunk = ctx.pool.map(chunk_grads, ctx.parts)
+        ctx.parts = None  # free the graphs
+        summed = iter([sum(gs[1:], gs[0]) for gs in zip(*per_chunk, strict=True)])
+        return (None, None, *[next(summed) if needed else None for needed in inputs])
+
+
+def per_sequence_logps(model, matched: Sequence[Pair], kl: Sequence[Pair] | None, device, *,
+                       workers: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     """((B,), (B,) or None): summed completion log-probs, one forward per example.
 
     No padding and no attention mask (attention takes its causal fast path),
@@ -134,36 +243,41 @@ def per_sequence_logps(model, matched: Sequence[Pair], kl: Sequence[Pair] | None
     cache of i's own forward cut back to the prompt, so the prompt is
     computed once for both pairs. The KL forward never carries a gradient
     (z0 is a baseline); the matched sums do when autograd is on.
+
+    ``workers`` > 1 scores the examples on that many threads with one
+    intra-op thread each (small matmuls scale better across examples than
+    inside one), and runs the backward of the matched sums on them too.
     """
     decoder, head = _split_head(model)
-    matched_out, kl_out = [], []
-    for i, (prompt, completion) in enumerate(matched):
-        ids = torch.tensor([prompt + completion], dtype=torch.long, device=device)
-        p = len(prompt)
-        share = kl is not None and list(kl[i][0]) == list(prompt) and p > 0
-        out = decoder(input_ids=ids, use_cache=share)
-        hidden = out.last_hidden_state[0]
-        # Position t predicts token t+1; the first token of a sequence is never scored.
-        first = max(p, 1)
-        matched_out.append(_completion_logp(head, hidden[first - 1:-1], ids[0, first:]))
-        if kl is None:
-            continue
-        with torch.no_grad():
-            kl_prompt, kl_completion = kl[i]
-            kl_ids = torch.tensor([kl_completion], dtype=torch.long, device=device)
-            cache = _returned_cache(out) if share else None
-            if cache is not None and hasattr(cache, "crop"):
-                cache.crop(p - ids.shape[1])  # negative: drop the own completion (both transformers APIs)
-                tail = decoder(input_ids=kl_ids, use_cache=True, **{_cache_kwarg(decoder): cache}).last_hidden_state[0]
-                states = torch.cat([hidden[p - 1:p].detach(), tail[:-1]])
-                kl_out.append(_completion_logp(head, states, kl_ids[0]))
-            else:  # no cache to share, or the prompt was truncated differently for the partner's completion
-                full = torch.tensor([list(kl_prompt) + list(kl_completion)], dtype=torch.long, device=device)
-                states = decoder(input_ids=full, use_cache=False).last_hidden_state[0]
-                start = max(len(kl_prompt), 1)
-                kl_out.append(_completion_logp(head, states[start - 1:-1], full[0, start:]))
-        del out  # the cache: the matched graph keeps what backward needs
-    return torch.stack(matched_out), torch.stack(kl_out) if kl is not None else None
+    kl_of = (lambda i: kl[i]) if kl is not None else (lambda i: None)
+    chunks = _balanced_chunks([len(p) + len(c) for p, c in matched], workers)
+    if len(chunks) == 1:
+        scored = [_score_example(decoder, head, matched[i], kl_of(i), device) for i in range(len(matched))]
+        kl_out = torch.stack([k for _, k in scored]) if kl is not None else None
+        return torch.stack([m for m, _ in scored]), kl_out
+
+    pool = _OneThreadEach(len(chunks))
+
+    def score(chunk):
+        return [_score_example(decoder, head, matched[i], kl_of(i), device) for i in chunk]
+
+    # Dropout draws from the global generator: threads would draw in a random order and a run
+    # would no longer repeat (nor resume) exactly. Such forwards stay serial; the backward does not draw.
+    results = [score(chunk) for chunk in chunks] if _draws_random(model) else pool.map(score, chunks)
+    kl_out = None
+    if kl is not None:
+        kl_out = torch.empty(len(matched), dtype=torch.float32, device=device)
+        for chunk, scored in zip(chunks, results, strict=True):
+            kl_out[chunk] = torch.stack([k for _, k in scored])
+    parts = [(torch.tensor(chunk, device=device), torch.stack([m for m, _ in scored]))
+             for chunk, scored in zip(chunks, results, strict=True)]
+    if not any(values.requires_grad for _, values in parts):
+        out = torch.empty(len(matched), dtype=torch.float32, device=device)
+        for idx, values in parts:
+            out[idx] = values
+        return out, kl_out
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _ParallelBackward.apply(parts, pool, *params), kl_out
 
 
 def naive_sequence_logps(model, seqs: Sequences) -> torch.Tensor:

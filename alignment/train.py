@@ -141,6 +141,8 @@ class Collator:
         self.config = config
         self.device = device
         self.per_sequence = use_per_sequence(config, device, model)
+        # Threads only help on a CPU; a GPU runs one kernel at a time anyway.
+        self.workers = (config.sequence_workers or torch.get_num_threads()) if device.type == "cpu" else 1
         self.packed = not self.per_sequence and config.packing and model is not None and supports_packing(model)
 
     def __call__(self, indices: Sequence[int]) -> Batch:
@@ -153,6 +155,7 @@ class Collator:
         batch.labels = batch.labels.to(self.device)
         batch.packed = batch.packed.to(self.device) if batch.packed is not None else None
         batch.per_sequence = self.per_sequence
+        batch.workers = self.workers
         return batch
 
 
@@ -168,7 +171,8 @@ def pair_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     carry a gradient (z0 is a baseline), so that forward runs without a graph.
     """
     if batch.per_sequence:
-        return per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, batch.labels.device)
+        return per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, batch.labels.device,
+                                  workers=batch.workers)
     if batch.packed is not None and not torch.is_grad_enabled():
         return packed_logps(model, batch.packed)
     matched = sequence_logps(model, batch.matched)
@@ -264,7 +268,8 @@ def summarize(losses, rewards, logps, labels, kls) -> dict:
 
 def _fingerprint(examples: Sequence[Example], config: KTOConfig) -> str:
     """What must match for a checkpoint to continue this run."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "device")}
+    runtime = ("checkpoint_every", "device", "sequence_layout", "sequence_workers")  # how, not what, is computed
+    settings = {k: v for k, v in config.to_dict().items() if k not in runtime}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for e in examples:
         digest.update(json.dumps([e.prefix, e.prompt, e.completion, e.label]).encode())

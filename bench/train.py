@@ -146,7 +146,9 @@ ABLATION = (
     ("+ packed reference pass (each prompt once for both pairs)",
      {"sequence_layout": "batched", "packing": True, "precompute_reference": True}, False),
     ("+ per-sequence layout (no padding; KL pair from the cached prompt)",
-     {"sequence_layout": "per_sequence", "packing": True, "precompute_reference": True}, False),
+     {"sequence_layout": "per_sequence", "sequence_workers": 1, "precompute_reference": True}, False),
+    ("+ examples on parallel threads, one intra-op thread each (the default)",
+     {"sequence_layout": "per_sequence", "precompute_reference": True}, False),
 )
 
 

@@ -102,3 +102,62 @@ def test_training_in_both_layouts_gives_the_same_run(tiny_dir, tiny_tokenizer, r
         assert a["kl"] == pytest.approx(b["kl"], abs=1e-5)
     # The run moved: the last step's loss is not the fresh adapter's 0.5.
     assert abs(ours.history[-1]["loss"] - 0.5) > 1e-3
+
+
+def test_threads_give_the_same_sums_and_gradients(tiny_model, tiny_tokenizer, rows):
+    model = lora_model(tiny_model)
+    batch = batch_of(tiny_tokenizer, rows[:7], pairing="next")
+    params = [p for p in model.parameters() if p.requires_grad]
+    threads = torch.get_num_threads()
+    weights = torch.linspace(-1.0, 1.0, 7)  # a loss that weighs examples differently
+
+    def run(workers):
+        matched, kl = per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, "cpu", workers=workers)
+        grads = torch.autograd.grad((matched * weights).sum(), params)
+        return matched.detach(), kl, grads
+
+    serial, parallel = run(1), run(3)
+    assert torch.get_num_threads() == threads  # the workers' one-thread setting is undone
+    assert torch.allclose(parallel[0], serial[0], **TOL) and torch.allclose(parallel[1], serial[1], **TOL)
+    assert not parallel[1].requires_grad
+    for a, b in zip(parallel[2], serial[2], strict=True):
+        assert float((a - b).norm() / b.norm()) < 1e-5
+    # Without autograd (the reference pass) the workers build no graph either.
+    with torch.inference_mode():
+        matched, _ = per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, "cpu", workers=3)
+    assert not matched.requires_grad and torch.allclose(matched, serial[0], **TOL)
+
+
+def test_an_error_in_a_worker_reaches_the_caller(tiny_model, tiny_tokenizer, rows):
+    batch = batch_of(tiny_tokenizer, rows[:4])
+    bad = list(batch.matched_pairs)
+    bad[2] = (bad[2][0], [10 ** 9])  # a token id outside the vocabulary
+    with pytest.raises(IndexError), torch.no_grad():
+        per_sequence_logps(tiny_model, bad, None, "cpu", workers=2)
+
+
+def test_training_with_threads_matches_one_thread(tiny_dir, tiny_tokenizer, rows):
+    from transformers import AutoModelForCausalLM
+
+    def run(workers):
+        config = KTOConfig(max_steps=3, batch_size=4, learning_rate=1e-2, lora_dropout=0.0, warmup_ratio=0.0,
+                           sequence_layout="per_sequence", sequence_workers=workers, shuffle=False)
+        return train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows, config)
+
+    one, two = run(1), run(2)
+    for a, b in zip(one.history, two.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_dropout_runs_repeat_exactly_with_threads(tiny_dir, tiny_tokenizer, rows):
+    """LoRA dropout draws random numbers: two seeded runs on threads give the same losses."""
+    from transformers import AutoModelForCausalLM
+
+    def run():
+        config = KTOConfig(max_steps=3, batch_size=4, learning_rate=1e-2, lora_dropout=0.3, warmup_ratio=0.0,
+                           sequence_layout="per_sequence", sequence_workers=2)
+        return [h["loss"] for h in train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer,
+                                             rows, config).history]
+
+    assert run() == run()
