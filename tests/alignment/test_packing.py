@@ -65,12 +65,17 @@ def test_packed_gradients_match_and_eager_agrees(tiny_model, tiny_tokenizer, row
     assert torch.allclose(eager_kl, kl, **TOL)
 
 
-def test_kl_pair_truncated_differently_is_its_own_segment(tiny_model, tiny_tokenizer):
+def rows_with_a_cut_kl_prompt() -> list[dict]:
+    """With max_length 48 and prompt_budget 8, example 0's KL pair (its long prompt with example 1's long
+    completion, "next" pairing) keeps less of the prompt than its matched pair does."""
     long_answer = "Two plus two equals four. Three times three is nine. " * 3
-    rows = [{"prompt": "Write a haiku about the sea and the moon. " * 2, "completion": "Sea.", "label": True},
+    return [{"prompt": "Write a haiku about the sea and the moon. " * 2, "completion": "Sea.", "label": True},
             {"prompt": "Capital of France?", "completion": long_answer, "label": False},
             {"prompt": "Hi", "completion": "Sure! Here is a short answer.", "label": True}]
-    batch = batch_of(tiny_tokenizer, rows, max_length=48, prompt_budget=8)
+
+
+def test_kl_pair_truncated_differently_is_its_own_segment(tiny_model, tiny_tokenizer):
+    batch = batch_of(tiny_tokenizer, rows_with_a_cut_kl_prompt(), max_length=48, prompt_budget=8)
     segments = int(batch.packed.segment.max()) + 1
     assert segments > 3  # the long KL completion cut example 0's prompt shorter than its matched pair's
     with torch.no_grad():

@@ -8,7 +8,7 @@ from alignment.config import KTOConfig
 from alignment.data import collate, tokenize_rows
 from alignment.logps import per_sequence_logps, sequence_logps, supports_per_sequence
 from alignment.train import train_kto
-from tests.alignment.test_packing import TOL, lora_model
+from tests.alignment.test_packing import TOL, lora_model, rows_with_a_cut_kl_prompt
 
 
 def batch_of(tokenizer, rows, *, pairing="next", max_length=128, prompt_budget=64):
@@ -65,11 +65,7 @@ def test_gradients_match_padded_and_kl_has_none(tiny_model, tiny_tokenizer, rows
 
 
 def test_kl_pair_truncated_differently_gets_its_own_forward(tiny_model, tiny_tokenizer):
-    long_answer = "Two plus two equals four. Three times three is nine. " * 3
-    rows = [{"prompt": "Write a haiku about the sea and the moon. " * 2, "completion": "Sea.", "label": True},
-            {"prompt": "Capital of France?", "completion": long_answer, "label": False},
-            {"prompt": "Hi", "completion": "Sure! Here is a short answer.", "label": True}]
-    batch = batch_of(tiny_tokenizer, rows, max_length=48, prompt_budget=8)
+    batch = batch_of(tiny_tokenizer, rows_with_a_cut_kl_prompt(), max_length=48, prompt_budget=8)
     assert batch.kl_pairs[0][0] != batch.matched_pairs[0][0]  # the long partner cut prompt 0 shorter
     with torch.no_grad():
         matched, kl = per_sequence_logps(tiny_model, batch.matched_pairs, batch.kl_pairs, "cpu")
