@@ -412,7 +412,8 @@ _STORED_HASH = select(EVENTS.c.content_hash).where(EVENTS.c.event_id == bindpara
 
 def _ingest_one_pg(engine: Engine, p: _Prepared) -> IngestResult:
     eid = p.row["event_id"]
-    with engine.begin() as conn:
+    # Autocommit: the one statement is its own transaction, with no BEGIN and COMMIT round trips.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         if conn.execute(_PG_INGEST_ONE, {**p.row, "voter_key": p.voter_key}).first() is not None:
             return IngestResult(eid, "created")
         stored = conn.execute(_STORED_HASH, {"eid": eid}).scalar()
