@@ -223,6 +223,8 @@ class _ParallelBackward(torch.autograd.Function):
 
         def chunk_grads(part):
             idx, values = part
+            if not values.requires_grad:  # a chunk without scored tokens
+                return [torch.zeros_like(t) for t in targets]
             grads = torch.autograd.grad(values, targets, grad_output[idx], allow_unused=True)
             return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, targets, strict=True)]
 
