@@ -188,9 +188,8 @@ def _positive(name: str, value: float | None, *, strict: bool = True) -> None:
 def _check_values(c: KTOConfig) -> None:
     for name in ("beta", "learning_rate", "num_epochs", "max_steps", "grad_accumulation", "max_length",
                  "max_prompt_length", "lora_r", "lora_alpha", "max_grad_norm", "desirable_weight",
-                 "undesirable_weight"):
+                 "undesirable_weight", "sequence_workers"):
         _positive(name, getattr(c, name))
-    _positive("sequence_workers", c.sequence_workers)
     for name in ("weight_decay", "checkpoint_every", "seed"):
         _positive(name, getattr(c, name), strict=False)
     if c.batch_size < 2:

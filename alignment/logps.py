@@ -175,6 +175,14 @@ def _balanced_chunks(sizes: Sequence[int], workers: int) -> list[list[int]]:
     return [sorted(c) for c in chunks if c]
 
 
+def _in_order(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], n: int, device) -> torch.Tensor:
+    """(n,) fp32: each chunk's values put back at its example indices."""
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    for idx, values in parts:
+        out[idx] = values
+    return out
+
+
 class _OneThreadEach:
     """Run functions on a few threads, each with one intra-op thread; restores torch's setting after."""
 
@@ -210,11 +218,8 @@ class _ParallelBackward(torch.autograd.Function):
     def forward(ctx, parts, pool, *params):
         ctx.parts, ctx.pool = parts, pool  # [(indices, (n,) tensor with its graph)]
         ctx.save_for_backward(*params)
-        ctx.size = sum(len(idx) for idx, _ in parts)
-        out = params[0].new_empty(ctx.size, dtype=torch.float32)
-        for idx, values in parts:
-            out[idx] = values.detach()
-        return out
+        return _in_order([(idx, values.detach()) for idx, values in parts],
+                         sum(len(idx) for idx, _ in parts), params[0].device)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -252,32 +257,28 @@ def per_sequence_logps(model, matched: Sequence[Pair], kl: Sequence[Pair] | None
     """
     decoder, head = _split_head(model)
     kl_of = (lambda i: kl[i]) if kl is not None else (lambda i: None)
-    chunks = _balanced_chunks([len(p) + len(c) for p, c in matched], workers)
-    if len(chunks) == 1:
-        scored = [_score_example(decoder, head, matched[i], kl_of(i), device) for i in range(len(matched))]
-        kl_out = torch.stack([k for _, k in scored]) if kl is not None else None
-        return torch.stack([m for m, _ in scored]), kl_out
-
-    pool = _OneThreadEach(len(chunks))
 
     def score(chunk):
         return [_score_example(decoder, head, matched[i], kl_of(i), device) for i in chunk]
 
+    chunks = _balanced_chunks([len(p) + len(c) for p, c in matched], workers)
+    if len(chunks) == 1:
+        scored = score(range(len(matched)))
+        kl_out = torch.stack([k for _, k in scored]) if kl is not None else None
+        return torch.stack([m for m, _ in scored]), kl_out
+
+    pool = _OneThreadEach(len(chunks))
     # Dropout draws from the global generator: threads would draw in a random order and a run
     # would no longer repeat (nor resume) exactly. Such forwards stay serial; the backward does not draw.
     results = [score(chunk) for chunk in chunks] if _draws_random(model) else pool.map(score, chunks)
-    kl_out = None
-    if kl is not None:
-        kl_out = torch.empty(len(matched), dtype=torch.float32, device=device)
-        for chunk, scored in zip(chunks, results, strict=True):
-            kl_out[chunk] = torch.stack([k for _, k in scored])
     parts = [(torch.tensor(chunk, device=device), torch.stack([m for m, _ in scored]))
              for chunk, scored in zip(chunks, results, strict=True)]
+    kl_out = None
+    if kl is not None:
+        kl_out = _in_order([(idx, torch.stack([k for _, k in scored]))
+                            for (idx, _), scored in zip(parts, results, strict=True)], len(matched), device)
     if not any(values.requires_grad for _, values in parts):
-        out = torch.empty(len(matched), dtype=torch.float32, device=device)
-        for idx, values in parts:
-            out[idx] = values
-        return out, kl_out
+        return _in_order(parts, len(matched), device), kl_out
     params = [p for p in model.parameters() if p.requires_grad]
     return _ParallelBackward.apply(parts, pool, *params), kl_out
 

@@ -155,17 +155,14 @@ ABLATION = (
 def _prospect_config(spec: dict):
     from alignment import KTOConfig
 
-    return KTOConfig(**spec.get("overrides", {}), **_common_settings(spec))
-
-
-def _common_settings(spec: dict) -> dict:
-    return {
-        "beta": spec["beta"], "learning_rate": spec["lr"], "max_steps": spec["steps"], "batch_size": spec["batch"],
-        "max_length": spec["max_length"], "lr_schedule": "linear", "warmup_ratio": 0.0, "lora_r": 16, "lora_alpha": 32,
-        "lora_dropout": 0.0, "lora_target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"),
-        "kl_pairing": "previous", "group_by_length": False, "shuffle": False,
-        "desirable_weight": 1.0, "undesirable_weight": 1.0, "seed": 0, "device": _device(),
-    }
+    return KTOConfig(
+        beta=spec["beta"], learning_rate=spec["lr"], max_steps=spec["steps"], batch_size=spec["batch"],
+        max_length=spec["max_length"], lr_schedule="linear", warmup_ratio=0.0, lora_r=16, lora_alpha=32,
+        lora_dropout=0.0, lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+        kl_pairing="previous", group_by_length=False, shuffle=False,
+        desirable_weight=1.0, undesirable_weight=1.0, seed=0, device=_device(),
+        **spec.get("overrides", {}),  # --ablation: the layout settings of one row
+    )
 
 
 def run_prospect(spec: dict) -> dict:
