@@ -8,12 +8,12 @@ import json
 import tarfile
 
 import pytest
-from tests.api_client import make_api
-from tests.artifacts import make_model_dir, make_staged
 
 from core.adapters import publish_adapter_version
 from core.base_models import register_base_model
 from core.db import session_factory, session_scope
+from tests.api_client import make_api
+from tests.artifacts import make_model_dir, make_staged
 
 
 @pytest.fixture

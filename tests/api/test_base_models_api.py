@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tests.api_client import make_api
-from tests.artifacts import make_model_dir
 
 from core.base_models import weights_sha256
+from tests.api_client import make_api
+from tests.artifacts import make_model_dir
 
 
 @pytest.fixture

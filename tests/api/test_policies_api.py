@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tests.api_client import make_api
 from tests.artifacts import make_model_dir
 

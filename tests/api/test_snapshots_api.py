@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import pytest
+
 from tests.api_client import make_api
 
 

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from tests.artifacts import make_model_dir, make_staged
 from sqlalchemy import func, select
 
 from core import adapters
@@ -22,6 +21,7 @@ from core.db import session_factory, session_scope
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import AdapterAlias, AdapterVersion, AliasHistory
 from core.snapshots import create_snapshot
+from tests.artifacts import make_model_dir, make_staged
 
 REPO = Path(__file__).resolve().parents[2]
 

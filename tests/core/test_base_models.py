@@ -8,7 +8,6 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-from tests.artifacts import make_model_dir
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from alignment.hashing import weights_sha256 as alignment_weights_sha256
@@ -22,6 +21,7 @@ from core.base_models import (
 )
 from core.db import session_scope
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from tests.artifacts import make_model_dir
 
 
 def _sha(data: bytes) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.api_client import make_api
-from tests.artifacts import make_model_dir, make_staged
 from typer.testing import CliRunner
 
 from core import cli_resources
@@ -16,6 +14,8 @@ from core.cli import app
 from core.client import Client
 from core.db import session_factory, session_scope
 from core.settings import get_settings
+from tests.api_client import make_api
+from tests.artifacts import make_model_dir, make_staged
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> http
 
 
 def _children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in out.stdout.split()]
 
 

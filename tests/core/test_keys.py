@@ -15,7 +15,7 @@ from core.models import ApiKey
 
 def test_create_stores_only_the_hash_and_authenticates(engine):
     with session_scope(engine) as s:
-        row, plaintext = keys.create_key(s, name="ingestor", scopes="ingest,read")
+        _, plaintext = keys.create_key(s, name="ingestor", scopes="ingest,read")
     with session_scope(engine) as s:
         stored = s.scalars(select(ApiKey)).one()
         assert stored.key_hash == keys.hash_key(plaintext)
@@ -59,12 +59,12 @@ def test_cli_keys_create_prints_key_last_and_list_hides_it(db_url, tmp_path):
     listed = subprocess.run([*cli, "keys", "list"], env=env, capture_output=True, text=True, check=True)
     assert "bot" in listed.stdout and plaintext not in listed.stdout
     bad = subprocess.run([*cli, "keys", "create", "--name", "x", "--scopes", "root"], env=env,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown scope" in bad.stderr
     subprocess.run([*cli, "keys", "revoke", "1"], env=env, check=True, capture_output=True)
     engine = make_engine(db_url)
     with session_scope(engine) as s, pytest.raises(Unauthorized, match="revoked"):
         keys.authenticate(s, plaintext=plaintext)
     engine.dispose()
-    missing = subprocess.run([*cli, "keys", "revoke", "99"], env=env, capture_output=True, text=True)
+    missing = subprocess.run([*cli, "keys", "revoke", "99"], env=env, capture_output=True, text=True, check=False)
     assert missing.returncode == 2 and "no API key with id 99" in missing.stderr

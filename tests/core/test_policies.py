@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tests.artifacts import make_model_dir
 
 from core.base_models import register_base_model
 from core.db import session_scope
 from core.errors import Conflict, InvalidInput, NotFound
 from core.policies import create_policy, delete_policy, get_policy, list_policies
+from tests.artifacts import make_model_dir
 
 
 @pytest.fixture

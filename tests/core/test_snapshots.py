@@ -7,12 +7,12 @@ import json
 from datetime import timedelta
 
 import pytest
-from tests.feedback_votes import T0, add_vote, retract
 
 from core.db import session_scope
 from core.errors import Conflict, InvalidInput
 from core.models import Snapshot, utcnow
 from core.snapshots import create_snapshot, iter_snapshot_rows, parse_filters, snapshot_path
+from tests.feedback_votes import T0, add_vote, retract
 
 
 def _snap(engine, settings, **kwargs) -> tuple[Snapshot, list[dict]]:
@@ -199,7 +199,7 @@ def test_a_snapshot_in_progress_neither_blocks_writers_nor_sees_their_votes(engi
         return real_encode(row)
 
     monkeypatch.setattr(snapshots, "_encode", encode_and_write)
-    snap, rows = _snap(engine, settings)
+    _, rows = _snap(engine, settings)
     writer.dispose()
     assert _pairs(rows) == [("p", "before", True)]
     monkeypatch.undo()
