@@ -30,6 +30,7 @@ def evaluate_kto(
     undesirable_weight: float | None = None,
     length_sample: int = 0,
     max_new_tokens: int = 64,
+    return_examples: bool = False,
 ) -> dict:
     """Metrics of the PeftModel ``model`` on held-out ``rows``.
 
@@ -44,6 +45,10 @@ def evaluate_kto(
     greedily with the adapter off and on (``length_before`` /
     ``length_after``, mean new tokens): length drift, which the KTO paper
     warns about when beta is badly tuned.
+
+    With ``return_examples``, ``examples`` holds per-row lists in the order of
+    ``rows``: ``label``, ``loss`` (weighted, as in the mean) and ``reward``
+    (beta * (policy - reference) log-prob): what the publish gate resamples.
     """
     if not hasattr(model, "disable_adapter"):
         raise TypeError("evaluate_kto needs the PeftModel returned by train_kto (or PeftModel.from_pretrained)")
@@ -62,7 +67,7 @@ def evaluate_kto(
 
     was_training = model.training
     model.eval()
-    losses, rewards, logps, labels, kls, margins = [], [], [], [], [], []
+    losses, rewards, logps, labels, kls, margins, order = [], [], [], [], [], [], []
     try:
         for indices in batches:
             batch = collate_fn(indices)
@@ -78,6 +83,7 @@ def evaluate_kto(
             labels.append(batch.labels)
             kls.append(out.kl)
             margins.append(out.rewards - config.beta * out.kl)  # beta * (r - z0)
+            order.extend(indices)
         metrics = summarize([torch.stack(losses).mean()], rewards, logps, labels, kls)
         margin, label = torch.cat(margins), torch.cat(labels)
         correct = torch.where(label, margin > 0, margin < 0)
@@ -89,11 +95,21 @@ def evaluate_kto(
             "accuracy_desirable": float(correct[label].float().mean()) if bool(label.any()) else None,
             "accuracy_undesirable": float(correct[~label].float().mean()) if bool((~label).any()) else None,
         })
+        if return_examples:
+            metrics["examples"] = _in_row_order(order, label, torch.stack(losses), torch.cat(rewards))
         if length_sample > 0:
             metrics.update(length_drift(model, tokenizer, rows[:length_sample], max_new_tokens=max_new_tokens))
     finally:
         model.train(was_training)
     return metrics
+
+
+def _in_row_order(order: list[int], labels, losses, rewards) -> dict[str, list]:
+    position = [0] * len(order)
+    for i, row in enumerate(order):
+        position[row] = i
+    return {"label": [bool(labels[i]) for i in position], "loss": [float(losses[i]) for i in position],
+            "reward": [float(rewards[i]) for i in position]}
 
 
 def _mean_new_tokens(model, tokenizer, prompts: list[str], max_new_tokens: int) -> float:

@@ -186,11 +186,15 @@ def publish_adapter_version(
     class_counts: dict,
     class_weights: dict,
     eval_metrics: dict,
+    before_commit: Callable[[Session, AdapterVersion], None] | None = None,
 ) -> AdapterVersion:
     """Publish ``staged_dir`` as the next version of ``adapter_name`` and point ``latest`` at it.
 
     Commits in its own session. Either the folder, its row and the alias move
-    all become visible, or nothing does.
+    all become visible, or nothing does. ``before_commit(session, row)`` runs
+    inside that transaction, after the row is flushed: the job pipeline fences
+    the publish there (locks its job row, checks it still holds it, marks it
+    succeeded); whatever it raises undoes the publish.
     """
     check_name(adapter_name, what="adapter")
     parent = adapters_root(settings) / adapter_name
@@ -233,6 +237,8 @@ def publish_adapter_version(
                 session.flush()
                 _set_alias(session, adapter_name=adapter_name, alias=LATEST, version=version,
                            moved_by=f"publish (job {job_id})" if job_id else "publish")
+                if before_commit is not None:
+                    before_commit(session, row)
                 session.commit()
             except BaseException:
                 session.rollback()

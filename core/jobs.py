@@ -33,18 +33,19 @@ import logging
 import math
 import os
 import socket
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.base_models import check_name, get_base_model
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import JOB_STATUSES, AlignmentJob, JobMetric, Snapshot, utcnow
-from core.snapshots import parse_options
+from core.snapshots import parse_filters, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class LostClaim(Conflict):
     """This worker no longer holds the job (reaped, cancelled or taken over): stop, publish nothing."""
 
 
+class CancelRequested(Conflict):
+    """A cancel reached the database before the job's publish committed: publish nothing."""
+
+
 # ---------------------------------------------------------------- options
 
 
@@ -64,24 +69,26 @@ class LostClaim(Conflict):
 class JobOptions:
     """Pipeline options outside the KTO config (stored in ``alignment_jobs.options``).
 
-    The default gate: on the held-out rows the adapter's KTO loss is below the
-    reference's by more than ``gate_min_loss_improvement`` and the reward margin
-    (mean reward of desirable minus undesirable rows) exceeds
-    ``gate_min_reward_margin``.
+    The gate (``worker.gate``, README "The publish gate") compares adapter and
+    reference on the held-out rows with a paired bootstrap over held-out
+    prompts: the lower end of the 95% interval of the loss improvement must
+    exceed ``gate_min_loss_improvement`` and that of the reward margin
+    ``gate_min_reward_margin``; no class may get significantly worse; each
+    class needs ``gate_min_heldout_per_class`` held-out rows.
     """
 
-    heldout_fraction: float = 0.2  # share of distinct prompts held out for the gate
-    # reference loss - adapter loss must exceed this. Not 0: a collapsed adapter (every completion
-    # made unlikely, e.g. a learning rate of 1e-1) scores lambda_D * n_D / n, which the class
-    # weights put at the reference's loss up to sampling noise; a strict "<" let float noise through.
+    heldout_fraction: float = 0.2  # share of each class's rows held out for the gate (whole prompts)
+    # Lower 95% bound of (reference loss - adapter loss) on held-out rows must exceed this.
     gate_min_loss_improvement: float = 0.01
-    gate_min_reward_margin: float = 0.0  # held-out reward margin must exceed this
+    gate_min_reward_margin: float = 0.0  # lower 95% bound of the held-out reward margin must exceed this
+    # Fewer held-out rows of a class than this: the job fails before training (intervals would be noise).
+    gate_min_heldout_per_class: int = 10
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> JobOptions:
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise InvalidInput(
                 f"unknown job option(s): {', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(known))}"
@@ -89,7 +96,14 @@ class JobOptions:
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise InvalidInput(f"job option {name} must be a finite number, got {value!r}")
-        options = cls(**{k: float(v) for k, v in values.items()})
+            if name.startswith("gate_") and value < 0:
+                raise InvalidInput(f"job option {name} must be >= 0, got {value!r}: a negative threshold "
+                                   "would let an adapter worse than the reference through")
+        per_class = values.get("gate_min_heldout_per_class", cls.gate_min_heldout_per_class)
+        if per_class != int(per_class) or per_class < 2:
+            raise InvalidInput(f"job option gate_min_heldout_per_class must be an integer >= 2, got {per_class!r}: "
+                               "an interval needs at least two rows of each class")
+        options = cls(**{k: int(v) if k == "gate_min_heldout_per_class" else float(v) for k, v in values.items()})
         if not 0 < options.heldout_fraction < 1:
             raise InvalidInput(
                 f"heldout_fraction must be in (0, 1), got {options.heldout_fraction}: "
@@ -117,17 +131,26 @@ def create_job(
     snapshot_id: str | None = None,
     config: dict[str, Any] | None = None,
     snapshot_options: dict[str, Any] | None = None,
+    snapshot_filters: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
     force_publish: bool = False,
     max_attempts: int = 3,
     policy_id: str | None = None,
 ) -> AlignmentJob:
-    """A queued job. ``config`` must already be validated (``alignment.config.KTOConfig``)."""
+    """A queued job. ``config`` must already be validated (``alignment.config.KTOConfig``).
+
+    ``snapshot_filters`` (``core.snapshots.SnapshotFilters``: model, metadata
+    tags, since, until) select the votes of the snapshot the job takes when it
+    has no ``snapshot_id``: several adapters, each on its own product's feedback.
+    """
     check_name(adapter_name, what="adapter")
     if not isinstance(config or {}, dict):
         raise InvalidInput("config must be a JSON object of alignment config overrides")
     base = get_base_model(session, name=base_model_name)
     parse_options(snapshot_options)
+    filters = parse_filters(snapshot_filters).model_dump(mode="json", exclude_defaults=True)
+    if snapshot_id is not None and filters:
+        raise InvalidInput("give snapshot_id or snapshot_filters, not both: the snapshot's own filters apply")
     if snapshot_id is not None:
         snapshot = session.get(Snapshot, snapshot_id)
         if snapshot is None:
@@ -141,6 +164,7 @@ def create_job(
         policy_id=policy_id,
         config=dict(config or {}),
         snapshot_options=dict(snapshot_options or {}),
+        snapshot_filters=filters,
         options=JobOptions.from_dict(options).to_dict(),
         force_publish=bool(force_publish),
         status="queued",
@@ -201,6 +225,14 @@ def mark_enqueued(session: Session, *, job_id: str, task_id: str | None, now: da
     job.enqueued_at = now or utcnow()
 
 
+def touch_queued(session: Session, *, job_id: str, now: datetime | None = None) -> None:
+    """A delivery saw the job and will retry it (busy adapter): its message is alive, do not re-send."""
+    session.execute(
+        update(AlignmentJob).where(AlignmentJob.id == job_id, AlignmentJob.status == "queued")
+        .values(enqueued_at=now or utcnow())
+    )
+
+
 def request_cancel(session: Session, *, job_id: str, now: datetime | None = None) -> AlignmentJob:
     """A queued job is cancelled at once; a running one is flagged and stops within one step.
 
@@ -228,6 +260,9 @@ class Claim:
     outcome: ClaimOutcome
     reason: str
     attempt: int = 0
+    # Fences every later write of this delivery (progress, publish, finish): a delivery whose job was
+    # taken over (reaped while alive, clocks skewed) holds a stale token and can change nothing.
+    token: str | None = None
 
 
 def _holder_alive(job: AlignmentJob, *, me: str, heartbeat_timeout_s: float, now: datetime) -> bool:
@@ -284,9 +319,10 @@ def claim_job(
     job.status = "running"
     job.attempts += 1
     job.worker = worker
+    job.claim_token = uuid.uuid4().hex
     job.heartbeat_at = now
     job.started_at = job.started_at or now
-    attempt = job.attempts
+    attempt, token = job.attempts, job.claim_token
     try:
         session.flush()
     except IntegrityError:
@@ -294,19 +330,21 @@ def claim_job(
         session.rollback()
         return Claim("busy", f"another job of adapter {job.adapter_name!r} is running")
     log.info("job %s: attempt %d/%d in %s", job_id, attempt, job.max_attempts, worker)
-    return Claim("run", "claimed", attempt)
+    return Claim("run", "claimed", attempt, token)
 
 
-def _owned(session: Session, *, job_id: str, worker: str) -> AlignmentJob:
+def _owned(session: Session, *, job_id: str, token: str) -> AlignmentJob:
+    """The job, locked, if the delivery holding ``token`` still runs it; else :class:`LostClaim`."""
     job = get_job(session, job_id=job_id, for_update=True)
-    if job.status != "running" or job.worker != worker:
-        raise LostClaim(f"job {job_id} is {job.status} in {job.worker}, no longer held by {worker}")
+    if job.status != "running" or job.claim_token != token:
+        raise LostClaim(f"job {job_id} is {job.status} in {job.worker} (attempt {job.attempts}); "
+                        "this delivery no longer holds it")
     return job
 
 
-def heartbeat(session: Session, *, job_id: str, worker: str, now: datetime | None = None) -> bool:
+def heartbeat(session: Session, *, job_id: str, token: str, now: datetime | None = None) -> bool:
     """Prove the holder is alive; returns whether cancellation was requested."""
-    job = _owned(session, job_id=job_id, worker=worker)
+    job = _owned(session, job_id=job_id, token=token)
     job.heartbeat_at = now or utcnow()
     return job.cancel_requested
 
@@ -319,7 +357,7 @@ def record_inputs(
     session: Session,
     *,
     job_id: str,
-    worker: str,
+    token: str,
     snapshot_id: str | None = None,
     n_desirable: int | None = None,
     n_undesirable: int | None = None,
@@ -327,7 +365,7 @@ def record_inputs(
     progress_total: int | None = None,
 ) -> AlignmentJob:
     """What the job trains on: its snapshot, the class counts and the weights used (with why)."""
-    job = _owned(session, job_id=job_id, worker=worker)
+    job = _owned(session, job_id=job_id, token=token)
     if snapshot_id is not None:
         job.snapshot_id = snapshot_id
     if n_desirable is not None:
@@ -339,14 +377,14 @@ def record_inputs(
     return job
 
 
-def start_attempt_history(session: Session, *, job_id: str, worker: str, first_step: int) -> None:
+def start_attempt_history(session: Session, *, job_id: str, token: str, first_step: int) -> None:
     """The attempt's first reported step is ``first_step``: steps from there on are recomputed.
 
     Their rows from an earlier attempt (computed after its last checkpoint) are
     dropped, so the history is one consistent run; ``resumed_from_step`` records
     the checkpoint this attempt continued from.
     """
-    job = _owned(session, job_id=job_id, worker=worker)
+    job = _owned(session, job_id=job_id, token=token)
     job.resumed_from_step = first_step - 1 if first_step > 1 else None
     session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step >= first_step))
 
@@ -355,7 +393,7 @@ def record_progress(
     session: Session,
     *,
     job_id: str,
-    worker: str,
+    token: str,
     step: int,
     total: int,
     metrics: dict[str, Any],
@@ -366,7 +404,7 @@ def record_progress(
 
     Returns whether cancellation was requested.
     """
-    job = _owned(session, job_id=job_id, worker=worker)
+    job = _owned(session, job_id=job_id, token=token)
     now = now or utcnow()
     clean = {k: _json_number(v) for k, v in metrics.items()}
     session.merge(JobMetric(job_id=job_id, step=step, attempt=attempt, metrics=clean, created_at=now))
@@ -395,12 +433,16 @@ def succeed(
     session: Session,
     *,
     job_id: str,
-    worker: str,
-    adapter_version_id: int,
+    token: str,
+    adapter_version_id: int | None,
     eval_metrics: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> AlignmentJob:
-    job = _owned(session, job_id=job_id, worker=worker)
+    """The job published ``adapter_version_id``: called inside the publish transaction, so the
+    version exists only if this delivery still held the job and no cancel had arrived."""
+    job = _owned(session, job_id=job_id, token=token)
+    if job.cancel_requested:
+        raise CancelRequested(f"job {job_id}: cancel requested before the publish committed")
     job.adapter_version_id = adapter_version_id
     if eval_metrics is not None:
         job.eval_metrics = json_safe(eval_metrics)
@@ -413,13 +455,13 @@ def fail(
     session: Session,
     *,
     job_id: str,
-    worker: str | None,
+    token: str | None,
     error: str,
     eval_metrics: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> AlignmentJob:
-    """Fail a job this worker holds (``worker=None``: any job not finished yet)."""
-    job = _owned(session, job_id=job_id, worker=worker) if worker else get_job(session, job_id=job_id)
+    """Fail a job this delivery holds (``token=None``: any job not finished yet)."""
+    job = _owned(session, job_id=job_id, token=token) if token else get_job(session, job_id=job_id)
     if job.status in TERMINAL:
         return job
     if eval_metrics is not None:
@@ -428,9 +470,9 @@ def fail(
     return job
 
 
-def cancel(session: Session, *, job_id: str, worker: str, now: datetime | None = None) -> AlignmentJob:
+def cancel(session: Session, *, job_id: str, token: str, now: datetime | None = None) -> AlignmentJob:
     """The running job stopped on request."""
-    job = _owned(session, job_id=job_id, worker=worker)
+    job = _owned(session, job_id=job_id, token=token)
     _finish(job, "cancelled", now=now or utcnow())
     return job
 
@@ -450,20 +492,25 @@ def json_safe(value: Any) -> Any:
 class Reaped:
     requeued: list[str] = dataclasses.field(default_factory=list)  # send a task for each
     finished: list[str] = dataclasses.field(default_factory=list)  # failed (out of attempts) or cancelled
-    unsent: list[str] = dataclasses.field(default_factory=list)  # queued, never sent: send a task
+    # queued, and no delivery seen for ``resend_after_s``: its message was never sent, or was lost
+    # (an ETA/retry message held by a killed worker is never redelivered on the SQLAlchemy broker).
+    unsent: list[str] = dataclasses.field(default_factory=list)
 
 
 def reap_stale_jobs(
-    session: Session, *, heartbeat_timeout_s: float, now: datetime | None = None
+    session: Session, *, heartbeat_timeout_s: float, resend_after_s: float | None = None,
+    now: datetime | None = None,
 ) -> Reaped:
     """Running jobs silent for ``heartbeat_timeout_s``: back to queued (attempts left) or failed.
 
-    Also lists queued jobs whose task was never sent (the enqueue failed after
-    the job was committed) and have waited that long. The caller sends a task
-    for every id in ``requeued`` and ``unsent`` after committing.
+    Also lists queued jobs that no delivery has touched for ``resend_after_s``
+    (default: the heartbeat timeout) since they were sent or created, whatever
+    sent them. The caller sends a task for every id in ``requeued`` and
+    ``unsent`` after committing; a double delivery is harmless, the claim decides.
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=heartbeat_timeout_s)
+    resend_cutoff = now - timedelta(seconds=heartbeat_timeout_s if resend_after_s is None else resend_after_s)
     result = Reaped()
     stale = session.scalars(
         select(AlignmentJob)
@@ -483,12 +530,12 @@ def reap_stale_jobs(
             log.warning("job %s: %s; re-queued (attempt %d of %d used)", job.id, silent, job.attempts,
                         job.max_attempts)
             job.status = "queued"
+            job.claim_token = None  # the lost holder, if it still runs, can no longer write or publish
             job.error = f"worker lost ({silent}); re-queued"
             result.requeued.append(job.id)
+    last_sent = func.coalesce(AlignmentJob.enqueued_at, AlignmentJob.created_at)
     unsent = session.scalars(
-        select(AlignmentJob.id)
-        .where(AlignmentJob.status == "queued", AlignmentJob.enqueued_at.is_(None))
-        .where(AlignmentJob.created_at < cutoff)
+        select(AlignmentJob.id).where(AlignmentJob.status == "queued", last_sent < resend_cutoff)
     )
     result.unsent.extend(j for j in unsent if j not in result.requeued)
     session.flush()

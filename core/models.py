@@ -174,6 +174,8 @@ class TrainingPolicy(Base):
     min_interval_minutes: Mapped[int] = mapped_column(default=60)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     snapshot_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Which votes its snapshots take (core.snapshots.SnapshotFilters): one product's feedback per adapter.
+    snapshot_filters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     enabled: Mapped[bool] = mapped_column(default=True)
     last_job_id: Mapped[str | None] = mapped_column(String(32))
     last_triggered_at: Mapped[datetime | None]
@@ -207,6 +209,7 @@ class AlignmentJob(Base):
     policy_id: Mapped[str | None] = mapped_column(ForeignKey("training_policies.id", ondelete="SET NULL"))
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     snapshot_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    snapshot_filters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Pipeline options outside the KTO config: held-out share, gate thresholds (core.jobs.JobOptions).
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     force_publish: Mapped[bool] = mapped_column(default=False)
@@ -226,6 +229,8 @@ class AlignmentJob(Base):
     # When the last task message was sent; a queued job never sent is re-sent by the reaper.
     enqueued_at: Mapped[datetime | None]
     worker: Mapped[str | None] = mapped_column(String(200))
+    # A fresh random token per claim: the fence every write of the holder checks (not its clock).
+    claim_token: Mapped[str | None] = mapped_column(String(32))
     heartbeat_at: Mapped[datetime | None]
     # The checkpoint step the latest attempt continued from (None: it started from scratch).
     resumed_from_step: Mapped[int | None]
@@ -248,7 +253,11 @@ class JobMetric(Base):
 
 class AdapterVersion(Base):
     __tablename__ = "adapter_versions"
-    __table_args__ = (UniqueConstraint("adapter_name", "version", name="uq_adapter_versions_name_version"),)
+    __table_args__ = (
+        UniqueConstraint("adapter_name", "version", name="uq_adapter_versions_name_version"),
+        # A job publishes at most once, whatever its deliveries do.
+        Index("uq_adapter_versions_job_id", "job_id", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     adapter_name: Mapped[str] = mapped_column(String(200))
@@ -284,3 +293,17 @@ class AliasHistory(Base):
     to_version: Mapped[int]
     moved_by: Mapped[str | None] = mapped_column(String(200))
     moved_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PromptSplit(Base):
+    """Which side of the train / held-out split a prompt is on, decided once and kept.
+
+    A prompt never moves, so a later job never trains on a prompt an earlier
+    job's gate was judged on (``core.heldout``).
+    """
+
+    __tablename__ = "prompt_splits"
+
+    prompt_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    heldout: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

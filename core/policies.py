@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from core.base_models import check_name, get_base_model_or_none
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import TrainingPolicy, utcnow
-from core.snapshots import parse_options
+from core.snapshots import parse_filters, parse_options
 
 
 def _check_count(value: Any, field: str, meaning: str) -> None:
@@ -35,6 +35,7 @@ def create_policy(
     min_interval_minutes: int = 60,
     config: dict[str, Any] | None = None,
     snapshot_options: dict[str, Any] | None = None,
+    snapshot_filters: dict[str, Any] | None = None,
 ) -> TrainingPolicy:
     """Create a policy; flushes, the caller commits."""
     check_name(adapter_name, what="adapter")
@@ -49,6 +50,7 @@ def create_policy(
         adapter_name=adapter_name, base_model_id=base.id, min_new_feedback=min_new_feedback,
         min_interval_minutes=min_interval_minutes, config=config or {},
         snapshot_options=parse_options(snapshot_options).model_dump(mode="json"),
+        snapshot_filters=parse_filters(snapshot_filters).model_dump(mode="json", exclude_defaults=True),
     )
     try:
         with session.begin_nested():

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(10.0, gt=0, description="How often a running job proves it is alive.")
     heartbeat_timeout_s: float = Field(300.0, gt=0, description="A running job silent this long is reaped.")
     reaper_interval_s: float = Field(60.0, gt=0, description="How often beat runs the reaper.")
+    queued_resend_s: float | None = Field(
+        None, gt=0, description="A queued job no delivery has seen this long is sent again; default: heartbeat_timeout_s."
+    )
+    job_time_limit_s: float = Field(
+        24 * 3600.0, gt=0, description="Wall-clock limit of one job from its first claim; past it the job fails."
+    )
     policy_interval_s: float = Field(60.0, gt=0, description="How often beat checks training policies.")
     visibility_timeout_s: int = Field(
         48 * 3600, ge=60, description="Redis/SQS redelivery timeout; must exceed the longest job."

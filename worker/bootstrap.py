@@ -48,13 +48,15 @@ def cleanup(settings: Settings) -> list[Path]:
     engine = get_engine(settings)
     with session_scope(engine) as s:
         removed = list(cleanup_leftovers(settings, s))
-    for folder, prefix in ((settings.data_path / "checkpoints", ""), (settings.data_path / "staging", "job-")):
+    # checkpoints/<job id>, staging/job-<job id>-<claim token>
+    for folder, job_of in ((settings.data_path / "checkpoints", lambda name: name),
+                           (settings.data_path / "staging", lambda name: name.removeprefix("job-").split("-")[0])):
         if not folder.is_dir():
             continue
         with session_scope(engine) as s:
             active = set(s.scalars(select(AlignmentJob.id).where(AlignmentJob.status.in_(("queued", "running")))))
         for child in folder.iterdir():
-            if child.is_dir() and child.name.removeprefix(prefix) not in active:
+            if child.is_dir() and job_of(child.name) not in active:
                 log.info("removing leftover %s", child)
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child)

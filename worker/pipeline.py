@@ -1,37 +1,46 @@
 """One alignment job, top to bottom:
 
-    claim -> snapshot -> split by prompt -> class weights -> verify + load the base
-    -> train (progress, heartbeat, cancel, checkpoints) -> evaluate adapter and reference
-    -> gate -> stage -> publish -> succeeded
+    claim -> snapshot -> split (by prompt, stratified, kept) -> enough held-out rows?
+    -> class weights -> verify + load the base -> train (progress, heartbeat, cancel,
+    time limit, checkpoints) -> evaluate adapter and reference -> gate (bootstrap)
+    -> stage -> publish, fenced -> succeeded
 
-Every status change goes through ``core.jobs``. A redelivered job (worker
-killed, task redelivered or re-queued by the reaper) keeps its snapshot and
-resumes from its last checkpoint under ``<data>/checkpoints/<job id>``.
+Every status change goes through ``core.jobs``, fenced by the claim token of
+this delivery. The publish commits the version row, the ``latest`` move and
+the job's ``succeeded`` in one transaction that first checks the token and
+the cancel flag under a row lock: a job publishes at most once. A
+redelivered job (worker killed, task redelivered or re-queued by the reaper)
+keeps its snapshot and resumes from its last checkpoint under
+``<data>/checkpoints/<job id>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
-import json
 import logging
+import math
 import shutil
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from core import jobs
 from core.base_models import verify_base_model
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError
-from core.models import AdapterVersion, AlignmentJob, BaseModelRecord, Snapshot
+from core.heldout import PromptCounts, assign_heldout, prompt_key
+from core.models import AlignmentJob, BaseModelRecord, Snapshot, utcnow
 from core.settings import Settings
 from core.snapshots import create_snapshot, get_snapshot, iter_snapshot_rows
+from worker.gate import HeldoutRow
+from worker.gate import bootstrap as gate_bootstrap
+from worker.gate import decide as gate_decide
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +64,65 @@ class Outcome:
 
 
 def checkpoint_dir(settings: Settings, job_id: str) -> Path:
+    """Per job: a later attempt (on this host) resumes from it."""
     return settings.data_path / "checkpoints" / job_id
 
 
-def staging_dir(settings: Settings, job_id: str) -> Path:
-    return settings.data_path / "staging" / f"job-{job_id}"
+def staging_dir(settings: Settings, job_id: str, token: str) -> Path:
+    """Per attempt: a reaped-but-alive delivery and the new holder never share it."""
+    return settings.data_path / "staging" / f"job-{job_id}-{token}"
 
 
 # ---------------------------------------------------------------- the split
 
 
-def prompt_key(prompt: Any) -> str:
-    """A stable key of a row's prompt (text or chat messages)."""
-    return hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+@dataclass
+class Split:
+    train: list[dict]
+    heldout: list[dict]
+    heldout_keys: list[str]  # the prompt key of each held-out row (the gate resamples by prompt)
+
+    def counts(self, which: str) -> dict[str, int]:
+        rows = getattr(self, which)
+        n_d = sum(1 for r in rows if r["label"])
+        return {"desirable": n_d, "undesirable": len(rows) - n_d}
 
 
-def split_by_prompt(rows: list[dict], heldout_fraction: float) -> tuple[list[dict], list[dict]]:
-    """Deterministic (train, held-out) split: all rows of a prompt go to one side.
+def split_snapshot(session_scope_fn, settings: Settings, snapshot: Snapshot, options: jobs.JobOptions) -> Split:
+    """Train and held-out rows of a snapshot (``core.heldout``: by prompt, stratified, kept).
 
-    A prompt is held out when the hash of its key falls in the first
-    ``heldout_fraction`` of the hash space: the same prompt always lands on the
-    same side, whatever else the snapshot holds, so later snapshots never train
-    on an earlier job's held-out prompts.
+    The file is streamed twice: once for the per-prompt class counts that the
+    split needs, once to route each row to its side.
     """
-    train, heldout = [], []
-    for row in rows:
-        bucket = int(prompt_key(row["prompt"])[:15], 16) / float(16**15)
-        (heldout if bucket < heldout_fraction else train).append(row)
-    return train, heldout
+    counts = PromptCounts.of(iter_snapshot_rows(settings, snapshot))
+    with session_scope_fn() as s:
+        held = assign_heldout(s, counts, heldout_fraction=options.heldout_fraction,
+                              min_per_class=options.gate_min_heldout_per_class)
+    split = Split([], [], [])
+    for row in iter_snapshot_rows(settings, snapshot):
+        key = prompt_key(row["prompt"])
+        if key in held:
+            split.heldout.append(row)
+            split.heldout_keys.append(key)
+        else:
+            split.train.append(row)
+    return split
+
+
+def heldout_shortfall(split: Split, options: jobs.JobOptions) -> str | None:
+    """Why the held-out rows cannot support a gate decision, with how much more feedback it takes."""
+    have = split.counts("heldout")
+    need = options.gate_min_heldout_per_class
+    short = {cls: need - n for cls, n in have.items() if n < need}
+    if not short:
+        return None
+    more = ", ".join(
+        f"about {math.ceil(n / options.heldout_fraction)} more thumbs-{'up' if cls == 'desirable' else 'down'}"
+        for cls, n in short.items()
+    )
+    return (f"the held-out rows hold {have['desirable']} thumbs-up and {have['undesirable']} thumbs-down; the gate "
+            f"needs at least {need} of each (gate_min_heldout_per_class): collect {more} on new prompts "
+            f"({options.heldout_fraction:g} of new prompts are held out), or set force_publish")
 
 
 def reference_figures(heldout: list[dict], desirable: float, undesirable: float) -> dict:
@@ -101,36 +141,31 @@ def reference_figures(heldout: list[dict], desirable: float, undesirable: float)
     }
 
 
-def gate(adapter: dict, reference: dict, options: jobs.JobOptions) -> tuple[bool, list[str]]:
-    """The publish gate; returns (passed, the reasons it refused)."""
-    reasons = []
-    loss, ref_loss = adapter.get("loss"), reference["loss"]
-    if loss is None or not loss < ref_loss - options.gate_min_loss_improvement:
-        reasons.append(
-            f"held-out loss {loss} is not below the reference's {ref_loss:.6f} "
-            f"by more than {options.gate_min_loss_improvement}"
-        )
-    margin = adapter.get("reward_margin")
-    if margin is None or not margin > options.gate_min_reward_margin:
-        reasons.append(f"held-out reward margin {margin} is not above {options.gate_min_reward_margin}")
-    return not reasons, reasons
+def gate_rows(split: Split, examples: dict, weights) -> list[HeldoutRow]:
+    lam = {True: weights.desirable, False: weights.undesirable}
+    return [HeldoutRow(key, label, loss, lam[label] / 2, reward) for key, label, loss, reward
+            in zip(split.heldout_keys, examples["label"], examples["loss"], examples["reward"], strict=True)]
 
 
 # ---------------------------------------------------------------- liveness
 
 
 class Liveness:
-    """Heartbeat thread + cancellation checks for one running job.
+    """Heartbeat thread + stop checks for one running delivery.
 
     The thread proves the worker is alive even during long phases without
-    steps (loading, reference log-probs, evaluation). ``should_stop`` asks the
-    database before every training step, so a cancel takes effect within one
-    step; it also stops a worker that lost the job (reaped as stale).
+    steps (loading, reference log-probs, evaluation). ``should_stop`` is asked
+    before every training step: it says stop when a cancel was requested, the
+    job was taken from this delivery (reaped), the job's wall-clock limit has
+    passed, or the database cannot be reached (then the task retries and the
+    next attempt resumes from the checkpoint, rather than training blind).
     """
 
-    def __init__(self, engine: Engine, *, job_id: str, worker: str, interval_s: float) -> None:
-        self.engine, self.job_id, self.worker, self.interval_s = engine, job_id, worker, interval_s
+    def __init__(self, engine: Engine, *, job_id: str, token: str, interval_s: float, deadline: datetime) -> None:
+        self.engine, self.job_id, self.token, self.interval_s = engine, job_id, token, interval_s
+        self.deadline = deadline
         self.lost: str | None = None
+        self.unreachable: OperationalError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
@@ -146,7 +181,7 @@ class Liveness:
         while not self._stop.wait(self.interval_s):
             try:
                 with session_scope(self.engine) as s:
-                    jobs.heartbeat(s, job_id=self.job_id, worker=self.worker)
+                    jobs.heartbeat(s, job_id=self.job_id, token=self.token)
             except jobs.LostClaim as exc:
                 self.lost = exc.message
                 log.warning("job %s: %s; stopping", self.job_id, exc.message)
@@ -154,15 +189,20 @@ class Liveness:
             except OperationalError as exc:  # the database blinked: try again next beat
                 log.warning("job %s: heartbeat failed: %s", self.job_id, exc.orig)
 
+    @property
+    def timed_out(self) -> bool:
+        return utcnow() > self.deadline
+
     def should_stop(self) -> bool:
-        if self.lost:
+        if self.lost or self.timed_out:
             return True
         try:
             with session_scope(self.engine) as s:
                 return jobs.is_cancel_requested(s, job_id=self.job_id)
         except OperationalError as exc:
-            log.warning("job %s: cannot read the cancel flag: %s", self.job_id, exc.orig)
-            return False
+            log.warning("job %s: cannot read the cancel flag (%s); stopping this delivery", self.job_id, exc.orig)
+            self.unreachable = exc
+            return True
 
 
 # ---------------------------------------------------------------- the job
@@ -174,12 +214,15 @@ def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, wo
     worker = worker or jobs.worker_identity()
     with session_scope(engine) as s:
         claim = jobs.claim_job(s, job_id=job_id, worker=worker, heartbeat_timeout_s=settings.heartbeat_timeout_s)
+        started_at = s.get(AlignmentJob, job_id).started_at
     if claim.outcome != "run":
         log.info("job %s: %s (%s)", job_id, claim.outcome, claim.reason)
         return Outcome(claim.outcome, reason=claim.reason)
 
-    run = _Run(job_id=job_id, settings=settings, engine=engine, worker=worker, attempt=claim.attempt)
-    with Liveness(engine, job_id=job_id, worker=worker, interval_s=settings.heartbeat_interval_s) as live:
+    run = _Run(job_id=job_id, settings=settings, engine=engine, token=claim.token, attempt=claim.attempt)
+    deadline = started_at + timedelta(seconds=settings.job_time_limit_s)
+    with Liveness(engine, job_id=job_id, token=claim.token, interval_s=settings.heartbeat_interval_s,
+                  deadline=deadline) as live:
         try:
             status = run.execute(live)
         except jobs.LostClaim as exc:
@@ -191,9 +234,13 @@ def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, wo
             message = exc.message if isinstance(exc, JobFailed | DomainError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, JobFailed | DomainError):
                 log.exception("job %s failed", job_id)
-            with session_scope(engine) as s:
-                jobs.fail(s, job_id=job_id, worker=worker, error=message,
-                          eval_metrics=getattr(exc, "figures", None))
+            try:
+                with session_scope(engine) as s:
+                    jobs.fail(s, job_id=job_id, token=claim.token, error=message,
+                              eval_metrics=getattr(exc, "figures", None))
+            except jobs.LostClaim as lost:
+                log.warning("job %s: %s; its failure (%s) is not recorded", job_id, lost.message, message)
+                return Outcome("run", reason=lost.message)
             status = "failed"
         finally:
             run.release()
@@ -207,7 +254,7 @@ class _Run:
     job_id: str
     settings: Settings
     engine: Engine
-    worker: str
+    token: str
     attempt: int
     model: Any = None
     first_step_seen: bool = False
@@ -222,11 +269,6 @@ class _Run:
         with self._session() as s:
             job = jobs.get_job(s, job_id=self.job_id)
             base = s.get(BaseModelRecord, job.base_model_id)
-            published = s.scalar(select(AdapterVersion).where(AdapterVersion.job_id == self.job_id))
-            if published is not None:
-                # A crash after publishing, before the job row said so: do not publish twice.
-                jobs.succeed(s, job_id=self.job_id, worker=self.worker, adapter_version_id=published.id)
-                return "succeeded"
         options = jobs.JobOptions.from_dict(job.options)
         try:
             config = KTOConfig.from_dict(job.config)
@@ -236,49 +278,47 @@ class _Run:
             config = dataclasses.replace(config, checkpoint_every=self.settings.checkpoint_every_steps)
 
         snapshot = self._snapshot(job)
-        rows = list(iter_snapshot_rows(self.settings, snapshot))
-        train_rows, heldout = split_by_prompt(rows, options.heldout_fraction)
-        n_d = sum(1 for r in train_rows if r["label"])
-        log.info("job %s: snapshot %s, %d rows -> %d train / %d held-out", self.job_id, snapshot.id, len(rows),
-                 len(train_rows), len(heldout))
-        if len(train_rows) < 2:
-            raise JobFailed(f"snapshot {snapshot.id} has {len(train_rows)} training row(s) after holding out "
-                            f"{len(heldout)}; collect more feedback")
-        if len(heldout) < 2 and not job.force_publish:
-            raise JobFailed(
-                f"only {len(heldout)} held-out row(s) from {len(rows)} rows: the gate needs at least 2 "
-                "(collect feedback on more distinct prompts, raise heldout_fraction, or set force_publish)"
-            )
+        split = split_snapshot(self._session, self.settings, snapshot, options)
+        train_counts, heldout_counts = split.counts("train"), split.counts("heldout")
+        log.info("job %s: snapshot %s -> train %s / held-out %s (%d prompts)", self.job_id, snapshot.id,
+                 train_counts, heldout_counts, len(set(split.heldout_keys)))
+        if len(split.train) < 2:
+            raise JobFailed(f"snapshot {snapshot.id} has {len(split.train)} training row(s) after holding out "
+                            f"{len(split.heldout)}; collect more feedback")
+        shortfall = heldout_shortfall(split, options)
+        if shortfall and not job.force_publish:
+            raise JobFailed(shortfall, {"split": {"train": train_counts, "heldout": heldout_counts}})
         try:
-            weights = class_weights(n_d, len(train_rows) - n_d, desirable_weight=config.desirable_weight,
+            weights = class_weights(train_counts["desirable"], train_counts["undesirable"],
+                                    desirable_weight=config.desirable_weight,
                                     undesirable_weight=config.undesirable_weight,
                                     allow_single_class=config.allow_single_class)
         except ClassWeightError as exc:
             raise JobFailed(f"class weights: {exc}") from exc
         with self._session() as s:
-            jobs.record_inputs(s, job_id=self.job_id, worker=self.worker, class_weights=weights.to_dict())
+            jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
         model, tokenizer = self._load_base(base)
-        result = self._train(live, model, tokenizer, train_rows, config)
+        result = self._train(live, model, tokenizer, split.train, config)
         if result is None:
-            return "cancelled"
+            return self._stopped(live)
         self.model = result.model
 
-        figures = self._evaluate(result, tokenizer, heldout, config)
+        figures = self._evaluate(result, tokenizer, split, config, options)
+        figures["split"] = {"train": train_counts, "heldout": heldout_counts}
         if job.force_publish:
-            figures["gate"] = {"passed": None, "skipped": "force_publish"}
-        else:
-            passed, reasons = gate(figures["adapter"], figures["reference"], options)
-            figures["gate"] = {"passed": passed, "reasons": reasons, **options.to_dict()}
-            if not passed:
-                raise JobFailed("the gate refused to publish: " + "; ".join(reasons), figures)
+            gate = figures["gate"]
+            figures["gate"] = {**gate, "would_pass": gate["passed"], "passed": None, "skipped": "force_publish"}
+        elif not figures["gate"]["passed"]:
+            raise JobFailed("the gate refused to publish: " + "; ".join(figures["gate"]["reasons"]), figures)
         if live.should_stop():
-            return self._cancelled(live)
+            return self._stopped(live)
 
-        version = self._publish(job, base, snapshot, result, figures)
-        with self._session() as s:
-            jobs.succeed(s, job_id=self.job_id, worker=self.worker, adapter_version_id=version.id,
-                         eval_metrics=figures)
+        try:
+            version = self._publish(job, base, snapshot, result, figures)
+        except jobs.CancelRequested:
+            log.info("job %s: cancelled just before its publish committed; nothing published", self.job_id)
+            return self._stopped(live)
         log.info("job %s succeeded: %s v%d", self.job_id, version.adapter_name, version.version)
         return "succeeded"
 
@@ -288,9 +328,12 @@ class _Run:
         with self._session() as s:
             if job.snapshot_id is not None:
                 return get_snapshot(s, snapshot_id=job.snapshot_id)
-            log.info("job %s: taking a snapshot", self.job_id)
-            snapshot = create_snapshot(s, settings=self.settings, options=job.snapshot_options or None)
-            jobs.record_inputs(s, job_id=self.job_id, worker=self.worker, snapshot_id=snapshot.id,
+        log.info("job %s: taking a snapshot (filters %s)", self.job_id, job.snapshot_filters or "none")
+        # Built outside any transaction (the file is read through its own connection), then recorded.
+        with self._session() as s:
+            snapshot = create_snapshot(s, settings=self.settings, filters=job.snapshot_filters or None,
+                                       options=job.snapshot_options or None)
+            jobs.record_inputs(s, job_id=self.job_id, token=self.token, snapshot_id=snapshot.id,
                                n_desirable=snapshot.n_desirable, n_undesirable=snapshot.n_undesirable)
             return snapshot
 
@@ -308,11 +351,11 @@ class _Run:
         with self._session() as s:
             if not self.first_step_seen:
                 # Steps from here on are (re)computed by this attempt.
-                jobs.start_attempt_history(s, job_id=self.job_id, worker=self.worker, first_step=step)
+                jobs.start_attempt_history(s, job_id=self.job_id, token=self.token, first_step=step)
                 self.first_step_seen = True
                 if step > 1:
                     log.info("job %s: resumed from the checkpoint at step %d", self.job_id, step - 1)
-            jobs.record_progress(s, job_id=self.job_id, worker=self.worker, step=step, total=total,
+            jobs.record_progress(s, job_id=self.job_id, token=self.token, step=step, total=total,
                                  metrics=metrics, attempt=self.attempt)
         log.info("job %s: step %d/%d loss %.4f kl %.4f", self.job_id, step, total, metrics.get("loss") or 0.0,
                  metrics.get("kl") or 0.0)
@@ -325,45 +368,71 @@ class _Run:
                              should_stop=live.should_stop, checkpoint_dir=checkpoint_dir(self.settings, self.job_id),
                              resume=True)
         except TrainingCancelled:
-            self._cancelled(live)
             return None
 
-    def _cancelled(self, live: Liveness) -> str:
+    def _stopped(self, live: Liveness) -> str:
+        """Why should_stop said stop, as this delivery's outcome."""
         if live.lost:
             raise jobs.LostClaim(live.lost)
+        if live.unreachable is not None:
+            raise live.unreachable  # transient: retried, and the next attempt resumes from the checkpoint
+        if live.timed_out:
+            raise JobFailed(f"the job ran past its wall-clock limit of {self.settings.job_time_limit_s:g} s "
+                            "(PROSPECT_JOB_TIME_LIMIT_S); lower max_steps or raise the limit")
         with self._session() as s:
-            jobs.cancel(s, job_id=self.job_id, worker=self.worker)
+            jobs.cancel(s, job_id=self.job_id, token=self.token)
         return "cancelled"
 
-    def _evaluate(self, result, tokenizer, heldout: list[dict], config) -> dict:
+    def _evaluate(self, result, tokenizer, split: Split, config, options: jobs.JobOptions) -> dict:
+        """Adapter and reference on the held-out rows, weighted by the held-out rows' own class counts
+        (training weights would let a collapsed adapter win when the held-out ratio differs)."""
         from alignment.evaluate import evaluate_kto
+        from alignment.weights import class_weights
 
-        figures: dict[str, Any] = {"train": result.metrics, "n_heldout": len(heldout)}
-        if len(heldout) < 2:
+        figures: dict[str, Any] = {"train": result.metrics, "n_heldout": len(split.heldout)}
+        n = split.counts("heldout")
+        if min(n.values()) < 2:  # only with force_publish: nothing to compare on
             figures["adapter"] = figures["reference"] = None
+            figures["gate"] = {"passed": False, "reasons": [heldout_shortfall(split, options) or "no held-out rows"]}
             return figures
-        w = result.weights
-        figures["adapter"] = evaluate_kto(result.model, tokenizer, heldout, config,
-                                          desirable_weight=w.desirable, undesirable_weight=w.undesirable)
-        figures["reference"] = reference_figures(heldout, w.desirable, w.undesirable)
-        log.info("job %s: held-out loss %.4f (reference %.4f), margin %s", self.job_id,
-                 figures["adapter"]["loss"], figures["reference"]["loss"], figures["adapter"]["reward_margin"])
+        w = class_weights(n["desirable"], n["undesirable"])
+        adapter = evaluate_kto(result.model, tokenizer, split.heldout, config, desirable_weight=w.desirable,
+                               undesirable_weight=w.undesirable, return_examples=True)
+        examples = adapter.pop("examples")
+        figures["adapter"] = adapter
+        figures["reference"] = reference_figures(split.heldout, w.desirable, w.undesirable)
+        stats = gate_bootstrap(gate_rows(split, examples, w), seed=config.seed)
+        reasons = gate_decide(stats, min_loss_improvement=options.gate_min_loss_improvement,
+                              min_reward_margin=options.gate_min_reward_margin)
+        figures["gate"] = {"passed": not reasons, "reasons": reasons, "heldout_counts": n,
+                           "heldout_weights": w.to_dict(), **stats, "options": options.to_dict()}
+        log.info("job %s: held-out loss %.4f (reference %.4f); improvement %s, margin %s -> %s", self.job_id,
+                 adapter["loss"], figures["reference"]["loss"], stats["loss_improvement"],
+                 stats["reward_margin"], "pass" if not reasons else "refuse")
         return figures
 
     def _publish(self, job: AlignmentJob, base: BaseModelRecord, snapshot: Snapshot, result, figures: dict):
         from core.adapters import publish_adapter_version
 
-        staged = staging_dir(self.settings, self.job_id)
+        staged = staging_dir(self.settings, self.job_id, self.token)
         shutil.rmtree(staged, ignore_errors=True)
         result.model.save_pretrained(staged)
         hyperparameters = {**result.config.to_dict(), "lora_target_modules": result.target_modules}
+        safe_figures = jobs.json_safe(figures)
+
+        def fence(session, row) -> None:
+            # Same transaction as the version row: it commits only if this delivery still holds the
+            # job (claim token) and no cancel arrived; the job is marked succeeded in that commit.
+            jobs.succeed(session, job_id=self.job_id, token=self.token, adapter_version_id=row.id,
+                         eval_metrics=safe_figures)
+
         try:
             return publish_adapter_version(
                 session_factory(self.engine), settings=self.settings, adapter_name=job.adapter_name,
                 staged_dir=staged, job_id=self.job_id, base_model=base, snapshot=snapshot,
                 hyperparameters=hyperparameters,
                 class_counts={"desirable": result.weights.n_desirable, "undesirable": result.weights.n_undesirable},
-                class_weights=result.weights.to_dict(), eval_metrics=jobs.json_safe(figures),
+                class_weights=result.weights.to_dict(), eval_metrics=safe_figures, before_commit=fence,
             )
         finally:
             shutil.rmtree(staged, ignore_errors=True)
@@ -371,4 +440,3 @@ class _Run:
     def release(self) -> None:
         self.model = None
         gc.collect()
-

@@ -4,10 +4,11 @@
   acknowledged late and rejected (re-queued) when its pool process dies, so a
   killed training process is redelivered; ``core.jobs.claim_job`` counts the
   attempts and caps them. When another job of the same adapter is running
-  (``busy``) or this job runs in a live worker (``duplicate``) the task retries
-  after a few heartbeats while the job stays queued.
+  (``busy``) the task retries after a few heartbeats while the job stays
+  queued; when this job runs in a live worker (``duplicate``) it ends.
 - ``prospect.jobs.reap``: re-queues jobs whose worker vanished (stale heartbeat)
-  and re-sends jobs whose first task was never sent.
+  and sends again queued jobs that no delivery has seen for a while (a lost or
+  never-sent message).
 - ``prospect.policies.tick``: queues jobs for due training policies.
 
 Only transient errors (the database unreachable) are retried.
@@ -60,8 +61,13 @@ def run_job(self, job_id: str) -> str:
         log.warning("job %s: database unavailable (%s); retrying", job_id, exc.orig)
         raise self.retry(exc=exc, countdown=TRANSIENT_BACKOFF_S,
                          max_retries=TRANSIENT_RETRIES) from exc
-    if outcome.claim in ("busy", "duplicate"):
+    if outcome.claim == "busy":
+        # Tell the reaper this job's message is alive, so it does not send another.
+        with session_scope(get_engine(settings)) as s:
+            jobs.touch_queued(s, job_id=job_id)
         raise self.retry(countdown=busy_countdown(settings), max_retries=None)
+    # "duplicate": a live worker runs this very job. No retry chain of our own: if that worker dies,
+    # the reaper re-queues the job and sends it again.
     return outcome.status or outcome.claim
 
 
@@ -77,7 +83,8 @@ def enqueue_job(settings: Settings, job_id: str) -> str:
 def reap() -> dict:
     settings = get_settings()
     with session_scope(get_engine(settings)) as s:
-        reaped = jobs.reap_stale_jobs(s, heartbeat_timeout_s=settings.heartbeat_timeout_s)
+        reaped = jobs.reap_stale_jobs(s, heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                                      resend_after_s=settings.queued_resend_s)
     for job_id in reaped.requeued + reaped.unsent:
         enqueue_job(settings, job_id)
     if reaped.requeued or reaped.finished or reaped.unsent:

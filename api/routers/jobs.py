@@ -58,7 +58,8 @@ def job_out(session: Session, job: AlignmentJob) -> JobOut:
         adapter_version=(
             {"id": version.id, "adapter": version.adapter_name, "version": version.version} if version else None
         ),
-        config=job.config, snapshot_options=job.snapshot_options, options=job.options,
+        config=job.config, snapshot_options=job.snapshot_options, snapshot_filters=job.snapshot_filters,
+        options=job.options,
         force_publish=job.force_publish, cancel_requested=job.cancel_requested, error=job.error,
         attempts=job.attempts, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
         worker=job.worker, created_at=job.created_at, started_at=job.started_at, heartbeat_at=job.heartbeat_at,
@@ -72,7 +73,8 @@ def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, _: TrainK
     config = validate_config(body.config)
     job = jobs.create_job(
         session, adapter_name=body.adapter, base_model_name=body.base_model, snapshot_id=body.snapshot_id,
-        config=config, snapshot_options=body.snapshot_options, options=body.options,
+        config=config, snapshot_options=body.snapshot_options, snapshot_filters=body.snapshot_filters,
+        options=body.options,
         force_publish=body.force_publish, max_attempts=settings.job_max_attempts,
     )
     session.commit()

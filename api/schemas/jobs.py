@@ -23,9 +23,13 @@ class JobIn(BaseModel):
         default_factory=dict, description="Options of the snapshot taken when snapshot_id is absent "
         "(aggregation: majority|latest|all, one_y_per_x)."
     )
+    snapshot_filters: dict[str, Any] = Field(
+        default_factory=dict, description="Which votes the snapshot takes when snapshot_id is absent, as in "
+        "POST /v1/snapshots: model, metadata (tags), since, until."
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Pipeline options: heldout_fraction (0.2), gate_min_loss_improvement "
-        "(0.01), gate_min_reward_margin (0.0)."
+        "(0.01), gate_min_reward_margin (0.0), gate_min_heldout_per_class (10); thresholds must be >= 0."
     )
     force_publish: bool = Field(False, description="Publish even when the held-out gate would refuse.")
 
@@ -61,6 +65,7 @@ class JobOut(BaseModel):
     adapter_version: AdapterVersionRef | None
     config: dict[str, Any]
     snapshot_options: dict[str, Any]
+    snapshot_filters: dict[str, Any]
     options: dict[str, Any]
     force_publish: bool
     cancel_requested: bool

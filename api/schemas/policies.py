@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.snapshots import SnapshotOptions
+from core.snapshots import SnapshotFilters, SnapshotOptions
 
 
 class PolicyIn(BaseModel):
@@ -19,6 +19,9 @@ class PolicyIn(BaseModel):
     min_interval_minutes: int = Field(60, ge=1, description="Minutes at least between two jobs of this policy.")
     config: dict[str, Any] = Field(default_factory=dict, description="Alignment config overrides for its jobs.")
     snapshot_options: SnapshotOptions = Field(default_factory=SnapshotOptions)
+    snapshot_filters: SnapshotFilters = Field(
+        default_factory=SnapshotFilters, description="Which votes its snapshots take: model, metadata, since, until."
+    )
 
 
 class PolicyOut(BaseModel):
@@ -29,6 +32,7 @@ class PolicyOut(BaseModel):
     min_interval_minutes: int
     config: dict[str, Any]
     snapshot_options: dict[str, Any]
+    snapshot_filters: dict[str, Any]
     enabled: bool
     last_job_id: str | None
     last_triggered_at: datetime | None

@@ -131,9 +131,9 @@ def test_list_filters_and_unknown_job(api, engine):
 def test_metrics_history(api, engine):
     job_id = api.post("/v1/jobs", headers=api.train, json={"adapter": "a", "base_model": "tiny"}).json()["id"]
     with session_scope(engine) as s:
-        jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60)
+        token = jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60).token
         for step in (1, 2, 3):
-            jobs.record_progress(s, job_id=job_id, worker="w:1", step=step, total=3,
+            jobs.record_progress(s, job_id=job_id, token=token, step=step, total=3,
                                  metrics={"loss": 0.5 - 0.1 * step, "kl": 0.01}, attempt=1)
     body = api.get(f"/v1/jobs/{job_id}/metrics", headers=api.read).json()
     assert [(m["step"], m["attempt"]) for m in body["steps"]] == [(1, 1), (2, 1), (3, 1)]
@@ -153,11 +153,11 @@ def test_cancel(api, engine):
 
     running = api.post("/v1/jobs", headers=api.train, json={"adapter": "b", "base_model": "tiny"}).json()["id"]
     with session_scope(engine) as s:
-        jobs.claim_job(s, job_id=running, worker="w:1", heartbeat_timeout_s=60)
+        token = jobs.claim_job(s, job_id=running, worker="w:1", heartbeat_timeout_s=60).token
     body = api.post(f"/v1/jobs/{running}/cancel", headers=api.train).json()
     assert (body["status"], body["cancel_requested"]) == ("running", True)
     with session_scope(engine) as s:
-        jobs.fail(s, job_id=running, worker="w:1", error="boom")
+        jobs.fail(s, job_id=running, token=token, error="boom")
     resp = api.post(f"/v1/jobs/{running}/cancel", headers=api.train)
     assert resp.status_code == 409 and "already failed" in resp.json()["detail"]
 

@@ -39,10 +39,10 @@ def test_start_status_list_cancel_watch(cli, engine):
     assert job_id in cli("jobs", "list", "--adapter", "bot").stdout
 
     with session_scope(engine) as s:
-        jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60)
-        jobs.record_progress(s, job_id=job_id, worker="w:1", step=4, total=4, metrics={"loss": 0.25, "kl": 0.5},
+        token = jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60).token
+        jobs.record_progress(s, job_id=job_id, token=token, step=4, total=4, metrics={"loss": 0.25, "kl": 0.5},
                              attempt=1)
-        jobs.succeed(s, job_id=job_id, worker="w:1", adapter_version_id=None)
+        jobs.succeed(s, job_id=job_id, token=token, adapter_version_id=None)
     watched = cli("jobs", "watch", job_id, "--interval", "0.01")
     assert watched.exit_code == 0 and "succeeded  step 4/4" in watched.stdout
 

@@ -21,16 +21,16 @@ from sqlalchemy import func, select
 
 from api.main import create_app
 from api.queue import celery_client
+from core import jobs
 from core.base_models import register_base_model
 from core.db import make_engine, session_scope
 from core.migrate import upgrade
 from core.models import AdapterVersion, AlignmentJob, BaseModelRecord, JobMetric, Snapshot
 from core.settings import Settings
-from core.snapshots import iter_snapshot_rows
 from tests.conftest import NO_PG, NO_REDIS, PG_URL, REDIS_URL, create_pg_database, drop_pg_database
 from tests.tiny import build_tiny_model_dir
 from tests.worker.jobkit import TINY_CONFIG, Worker, api_keys, feedback_events, post_feedback, wait_for
-from worker.pipeline import checkpoint_dir, split_by_prompt
+from worker.pipeline import checkpoint_dir, split_snapshot
 
 JOB_TIMEOUT_S = 240
 
@@ -132,11 +132,11 @@ def _adapter_figures(stack: Stack, job: dict, adapter_dir: Path, model_dir: Path
 
     with session_scope(stack.engine) as s:
         snapshot = s.get(Snapshot, job["snapshot_id"])
-    _, heldout = split_by_prompt(list(iter_snapshot_rows(stack.settings, snapshot)),
-                                 job["options"]["heldout_fraction"])
+    heldout = split_snapshot(lambda: session_scope(stack.engine), stack.settings, snapshot,
+                             jobs.JobOptions.from_dict(job["options"])).heldout
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, adapter_dir)
-    weights = job["class_weights"]
+    weights = job["eval_metrics"]["gate"]["heldout_weights"]
     return evaluate_kto(model, AutoTokenizer.from_pretrained(model_dir), heldout,
                         KTOConfig.from_dict(job["config"]), desirable_weight=weights["desirable"],
                         undesirable_weight=weights["undesirable"])

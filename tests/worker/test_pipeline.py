@@ -16,10 +16,9 @@ from core.adapters import version_dir
 from core.base_models import register_base_model
 from core.db import session_scope
 from core.models import AdapterVersion, AlignmentJob, JobMetric, Snapshot
-from core.snapshots import iter_snapshot_rows
 from tests.tiny import build_tiny_model_dir
 from tests.worker.jobkit import TINY_CONFIG, api_keys, feedback_events, post_feedback
-from worker.pipeline import checkpoint_dir, gate, reference_figures, run_job, split_by_prompt, staging_dir
+from worker.pipeline import checkpoint_dir, run_job, split_snapshot
 
 
 @pytest.fixture(scope="session")
@@ -53,36 +52,6 @@ def _state(engine, job_id):
     return job, n_metrics, n_versions
 
 
-def test_split_by_prompt_is_deterministic_and_disjoint():
-    rows = [{"prompt": p, "completion": c, "label": c == "a"}
-            for p in [f"q{i}" for i in range(200)] + [[{"role": "user", "content": "m"}]] for c in ("a", "b")]
-    train, heldout = split_by_prompt(rows, 0.2)
-    assert (train, heldout) == split_by_prompt(list(rows), 0.2)
-    assert len(train) + len(heldout) == len(rows)
-    key = lambda r: repr(r["prompt"])
-    assert not {key(r) for r in train} & {key(r) for r in heldout}
-    assert 0.12 < len(heldout) / len(rows) < 0.28
-    # A prompt's side does not depend on the other rows.
-    _, small_heldout = split_by_prompt(rows[:40], 0.2)
-    assert {key(r) for r in small_heldout} == {key(r) for r in heldout if r in rows[:40]}
-
-
-def test_reference_figures_and_gate():
-    heldout = [{"label": True}] * 3 + [{"label": False}]
-    ref = reference_figures(heldout, desirable=1.0, undesirable=2.0)
-    assert ref["loss"] == pytest.approx((3 * 1.0 + 1 * 2.0) / (2 * 4))
-    assert (ref["reward_margin"], ref["accuracy"]) == (0.0, 0.0)
-    options = jobs.JobOptions()
-    assert gate({"loss": 0.5, "reward_margin": 0.1}, ref, options) == (True, [])
-    # A collapsed adapter scores the reference's loss up to float noise: refused.
-    assert gate({"loss": ref["loss"] - 1e-7, "reward_margin": 1.4}, ref, options)[0] is False
-    passed, reasons = gate({"loss": 0.7, "reward_margin": -0.1}, ref, options)
-    assert not passed and len(reasons) == 2 and "not below the reference's 0.625000" in reasons[0]
-    strict = jobs.JobOptions(gate_min_reward_margin=0.5)
-    assert gate({"loss": 0.5, "reward_margin": 0.1}, ref, strict)[0] is False
-    assert gate({"loss": None, "reward_margin": None}, ref, options)[0] is False  # NaN recorded as null
-
-
 def test_job_trains_evaluates_and_publishes(stack):
     import torch
     from peft import PeftModel
@@ -100,10 +69,16 @@ def test_job_trains_evaluates_and_publishes(stack):
     assert job.resumed_from_step is None
     assert (job.n_desirable, job.n_undesirable) == (24, 24)
     assert job.class_weights["reason"].startswith("counts ratio 1.000 already inside")
-    assert job.eval_metrics["gate"]["passed"] is True
+    gate = job.eval_metrics["gate"]
+    assert gate["passed"] is True and gate["reasons"] == []
+    # 24 prompts, one up and one down each: 10 held out (the per-class floor), 14 train.
+    assert gate["heldout_counts"] == {"desirable": 10, "undesirable": 10}
+    assert job.eval_metrics["split"]["train"] == {"desirable": 14, "undesirable": 14}
+    assert gate["loss_improvement"]["interval"][0] > 0.01 and gate["reward_margin"]["interval"][0] > 0
+    assert gate["method"].startswith("paired cluster bootstrap") and gate["n_prompts"] == 10
     adapter, reference = job.eval_metrics["adapter"], job.eval_metrics["reference"]
     assert adapter["loss"] < reference["loss"] and adapter["reward_margin"] > 0
-    assert not checkpoint_dir(settings, job_id).exists() and not staging_dir(settings, job_id).exists()
+    assert not checkpoint_dir(settings, job_id).exists() and not any((settings.data_path / "staging").iterdir())
 
     with session_scope(engine) as s:
         version = s.get(AdapterVersion, job.adapter_version_id)
@@ -111,12 +86,13 @@ def test_job_trains_evaluates_and_publishes(stack):
     assert (version.adapter_name, version.version, version.job_id) == ("bot", 1, job_id)
     assert version.manifest["eval_metrics"]["adapter"]["loss"] == pytest.approx(adapter["loss"])
     # The published files reproduce the worker's held-out figures exactly.
-    _, heldout = split_by_prompt(list(iter_snapshot_rows(settings, snapshot)), 0.2)
+    heldout = split_snapshot(lambda: session_scope(engine), settings, snapshot, jobs.JobOptions()).heldout
     base = AutoModelForCausalLM.from_pretrained(stack["model_dir"], dtype=torch.float32)
     loaded = PeftModel.from_pretrained(base, version_dir(settings, version))
+    weights = gate["heldout_weights"]
     figures = evaluate_kto(loaded, AutoTokenizer.from_pretrained(stack["model_dir"]), heldout,
-                           KTOConfig.from_dict(TINY_CONFIG), desirable_weight=job.class_weights["desirable"],
-                           undesirable_weight=job.class_weights["undesirable"])
+                           KTOConfig.from_dict(TINY_CONFIG), desirable_weight=weights["desirable"],
+                           undesirable_weight=weights["undesirable"])
     for key in ("loss", "logps_desirable", "logps_undesirable", "reward_margin"):
         assert figures[key] == pytest.approx(adapter[key], abs=1e-5), key
 
@@ -127,16 +103,18 @@ def test_gate_thresholds_refuse_and_force_publish_skips(stack):
     refused = _job(engine, options=strict)
     assert run_job(refused, settings=stack["settings"]).status == "failed"
     job, n_metrics, n_versions = _state(engine, refused)
-    assert job.error.startswith("the gate refused to publish: held-out reward margin")
-    assert "is not above 1000000.0" in job.error
+    assert job.error.startswith("the gate refused to publish: held-out reward margin: 95% interval lower end")
+    assert "is not above gate_min_reward_margin 1e+06" in job.error
     gate_record = job.eval_metrics["gate"]
-    assert gate_record["passed"] is False and gate_record["gate_min_reward_margin"] == 1e6
+    assert gate_record["passed"] is False and gate_record["options"]["gate_min_reward_margin"] == 1e6
     assert job.eval_metrics["adapter"]["reward_margin"] > 0 and (n_metrics, n_versions) == (12, 0)
 
     forced = _job(engine, options=strict, force_publish=True)
     assert run_job(forced, settings=stack["settings"]).status == "succeeded"
     job, _, n_versions = _state(engine, forced)
-    assert job.eval_metrics["gate"] == {"passed": None, "skipped": "force_publish"} and n_versions == 1
+    forced_gate = job.eval_metrics["gate"]
+    assert (forced_gate["passed"], forced_gate["skipped"], forced_gate["would_pass"]) == (None, "force_publish", False)
+    assert forced_gate["reasons"] and n_versions == 1
 
 
 def test_tampered_base_model_fails_the_job(stack):
