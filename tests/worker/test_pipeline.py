@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import shutil
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from api.main import create_app
 from core import jobs
 from core.adapters import version_dir
 from core.base_models import register_base_model
 from core.db import session_scope
-from core.models import AdapterVersion, AlignmentJob, JobMetric, Snapshot
+from core.models import AdapterVersion, AliasHistory, AlignmentJob, JobMetric, Snapshot, utcnow
 from tests.tiny import build_tiny_model_dir
 from tests.worker.jobkit import TINY_CONFIG, api_keys, feedback_events, post_feedback
-from worker.pipeline import checkpoint_dir, run_job, split_snapshot
+from worker.pipeline import Liveness, _Run, checkpoint_dir, run_job, split_snapshot
 
 
 @pytest.fixture(scope="session")
@@ -163,3 +165,110 @@ def test_busy_adapter_waits_and_finished_job_is_skipped(stack):
         jobs.request_cancel(s, job_id=second)
     assert run_job(second, settings=settings).claim == "skip"
     assert _state(engine, second)[0].attempts == 0
+
+
+def _versions(engine) -> list[tuple]:
+    with session_scope(engine) as s:
+        return [(v.version, v.job_id) for v in s.scalars(select(AdapterVersion).order_by(AdapterVersion.version))]
+
+
+def test_a_reaped_but_alive_delivery_never_publishes_a_second_version(stack, monkeypatch):
+    """Delivery A is reaped while alive (network split, clock skew) and reaches its publish after
+    delivery B has published: A's publish transaction sees it no longer holds the job."""
+    engine, settings = stack["engine"], stack["settings"]
+    job_id = _job(engine)
+    a_at_publish, a_go_on, calls = threading.Event(), threading.Event(), []
+    real_publish = _Run._publish
+
+    def publish(self, *args, **kwargs):
+        calls.append(self.token)
+        if len(calls) == 1:  # delivery A waits at the door while B takes over and publishes
+            a_at_publish.set()
+            assert a_go_on.wait(120)
+        return real_publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Run, "_publish", publish)
+    outcome = {}
+    a = threading.Thread(target=lambda: outcome.update(a=run_job(job_id, settings=settings, worker="host-a:1")))
+    a.start()
+    try:
+        assert a_at_publish.wait(120)
+        with session_scope(engine) as s:
+            reaped = jobs.reap_stale_jobs(s, heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                                          now=utcnow() + timedelta(seconds=settings.heartbeat_timeout_s + 1))
+        assert reaped.requeued == [job_id]
+        outcome["b"] = run_job(job_id, settings=settings, worker="host-b:2")
+    finally:
+        a_go_on.set()
+        a.join(timeout=120)
+    assert outcome["b"].status == "succeeded"
+    assert outcome["a"].status is None and "no longer holds it" in outcome["a"].reason
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert _versions(engine) == [(1, job_id)]
+    job, _, _ = _state(engine, job_id)
+    with session_scope(engine) as s:
+        latest_moves = s.scalars(select(AliasHistory).where(AliasHistory.alias == "latest")).all()
+        version_id = s.scalar(select(AdapterVersion.id))
+    assert (job.status, job.attempts, job.adapter_version_id) == ("succeeded", 2, version_id)
+    assert [(m.from_version, m.to_version) for m in latest_moves] == [(None, 1)]
+    assert sorted(p.name for p in (settings.artifacts_dir / "adapters" / "bot").iterdir()) == ["1"]
+
+
+def test_version_rows_are_unique_per_job(stack):
+    engine = stack["engine"]
+    job_id = _job(engine)
+    assert run_job(job_id, settings=stack["settings"]).status == "succeeded"
+    with pytest.raises(IntegrityError, match="(?i)unique"), session_scope(engine) as s:
+        first = s.scalar(select(AdapterVersion))
+        s.add(AdapterVersion(adapter_name="bot", version=2, path="x", manifest={}, manifest_sha256="0" * 64,
+                             job_id=job_id, base_model_id=first.base_model_id))
+
+
+def test_a_cancel_that_arrives_before_the_publish_commits_wins(stack, monkeypatch):
+    engine, settings = stack["engine"], stack["settings"]
+    job_id = _job(engine)
+    real_publish = _Run._publish
+
+    def publish(self, *args, **kwargs):  # after the last should_stop check, before the commit
+        with session_scope(engine) as s:
+            jobs.request_cancel(s, job_id=job_id)
+        return real_publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Run, "_publish", publish)
+    assert run_job(job_id, settings=settings).status == "cancelled"
+    job, _, n_versions = _state(engine, job_id)
+    assert (job.status, job.adapter_version_id, n_versions) == ("cancelled", None, 0)
+    assert list((settings.artifacts_dir / "adapters" / "bot").iterdir()) == []
+
+
+def test_too_few_heldout_rows_fail_before_training_and_say_how_many_more(stack):
+    engine = stack["engine"]
+    job_id = _job(engine, options={"gate_min_heldout_per_class": 20})
+    assert run_job(job_id, settings=stack["settings"]).status == "failed"
+    job, n_metrics, n_versions = _state(engine, job_id)
+    # 24 prompts, one up and one down each: at most half of a class is held out (12 of 24).
+    assert job.error.startswith("the held-out rows hold 12 thumbs-up and 12 thumbs-down; the gate needs at least 20")
+    assert "collect about 40 more thumbs-up, about 40 more thumbs-down on new prompts" in job.error
+    assert (n_metrics, n_versions, job.eval_metrics["split"]["heldout"]) == (
+        0, 0, {"desirable": 12, "undesirable": 12})
+
+
+def test_an_unreachable_database_stops_the_delivery_for_a_retry():
+    from sqlalchemy.exc import OperationalError
+
+    from core.db import make_engine
+
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2", pool_pre_ping=False)
+    live = Liveness(engine, job_id="j", token="t", interval_s=60, deadline=utcnow() + timedelta(hours=1))
+    assert live.should_stop() is True and live.unreachable is not None
+    run = _Run(job_id="j", settings=None, engine=engine, token="t", attempt=1)
+    with pytest.raises(OperationalError):
+        run._stopped(live)  # the task retries it; the next attempt resumes from the checkpoint
+
+
+def test_a_job_past_its_time_limit_fails_with_the_reason(stack):
+    settings = stack["settings"].model_copy(update={"job_time_limit_s": 0.001})
+    job_id = _job(stack["engine"])
+    assert run_job(job_id, settings=settings).status == "failed"
+    job, _, n_versions = _state(stack["engine"], job_id)
+    assert "ran past its wall-clock limit of 0.001 s (PROSPECT_JOB_TIME_LIMIT_S)" in job.error and n_versions == 0
