@@ -274,6 +274,43 @@ def test_worker_killed_mid_job_is_reaped_and_resumes_from_checkpoint(make_stack,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["embedded", pytest.param("pg-redis", marks=[pytest.mark.postgres,
+                                                                                pytest.mark.redis])])
+def test_worker_killed_holding_a_queued_jobs_message_the_job_still_runs(make_stack, tiny_dir, backend):
+    """A queued job's message dies with the worker that held it (a busy-adapter retry waiting for its
+    ETA, or a delivery in progress): the SQLAlchemy broker never hands it back, Redis only after its
+    visibility timeout (48 h). The reaper sends the job again since no delivery has seen it lately."""
+    # Busy retries wait 3 heartbeats (6 s): the holder keeps the retry message that long.
+    stack = make_stack(backend, tiny_dir, heartbeat_timeout_s=3.0, heartbeat_interval_s=2.0)
+    post_feedback(stack.client, stack.keys["ingest"], feedback_events())
+    with session_scope(stack.engine) as s:  # a job of the same adapter runs elsewhere: ours is busy
+        blocker = jobs.create_job(s, adapter_name="patient", base_model_name="tiny", config=TINY_CONFIG).id
+        token = jobs.claim_job(s, job_id=blocker, worker="elsewhere:1", heartbeat_timeout_s=3600).token
+    holder = stack.worker("holder")
+    job = stack.start_job("patient")
+    # Received twice: the first delivery found the adapter busy and the holder now holds its retry.
+    wait_for(lambda: holder.log_tail(100_000).count("prospect.jobs.run[") >= 3 and
+             holder.log_tail(100_000).count("] received") >= 2, timeout=120, interval=0.05,
+             what="the holder to receive the busy job's retry", on_timeout=stack.logs)
+    holder.kill()
+    with session_scope(stack.engine) as s:
+        jobs.fail(s, job_id=blocker, token=token, error="done elsewhere")
+    assert stack.job(job["id"])["status"] == "queued"
+
+    stack.worker("rescuer")
+    client = celery_client(stack.settings)
+
+    def resent() -> bool:
+        client.send_task("prospect.jobs.reap", queue="default").get(timeout=60)
+        return stack.job(job["id"])["status"] != "queued"
+
+    wait_for(resent, timeout=60, interval=1.0, what="the reaper to send the job again", on_timeout=stack.logs)
+    done = stack.wait_status(job["id"], "succeeded", "failed")
+    assert done["status"] == "succeeded", done["error"]
+    assert stack.count(AdapterVersion, AdapterVersion.adapter_name == "patient") == 1
+
+
+@pytest.mark.slow
 def test_killed_pool_process_is_redelivered_at_once_and_resumes(make_stack, tiny_dir):
     import os
     import signal
