@@ -131,23 +131,23 @@ def opt_str(value: Any) -> str | None:
 
 
 def timestamp(value: Any) -> str | None:
-    """ISO-8601 (UTC) from epoch seconds/milliseconds, an ISO string or Mongo's {"$date": ...}."""
-    if isinstance(value, Mapping) and "$date" in value:
-        value = value["$date"]
-        if isinstance(value, Mapping) and "$numberLong" in value:
-            value = int(value["$numberLong"]) / 1000
-        elif isinstance(value, int | float):
-            value = value / 1000
-    if isinstance(value, bool) or value is None:
-        return None
+    """ISO-8601 (UTC) from epoch seconds/milliseconds, an ISO string or Mongo's {"$date": ...}; else None."""
     try:
+        if isinstance(value, Mapping) and "$date" in value:
+            value = value["$date"]
+            if isinstance(value, Mapping) and "$numberLong" in value:
+                value = int(value["$numberLong"]) / 1000
+            elif isinstance(value, int | float):
+                value = value / 1000
+        if isinstance(value, bool) or value is None:
+            return None
         if isinstance(value, int | float):
             seconds = value / 1000 if value > 1e11 else value  # 13 digits: milliseconds
             return datetime.fromtimestamp(seconds, UTC).isoformat()
         if isinstance(value, str) and value:
             parsed = datetime.fromisoformat(value)
             return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
-    except (ValueError, OverflowError, OSError):
+    except (ValueError, TypeError, OverflowError, OSError):
         return None
     return None
 
@@ -184,12 +184,12 @@ def prompt_messages(turns: list[dict[str, str]]) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- metadata and ids
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, Mapping):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of containers, counted no further than ``limit`` + 1 (hostile input is deep)."""
+    if limit < 0 or not isinstance(value, Mapping | list):
+        return 0
+    children = value.values() if isinstance(value, Mapping) else value
+    return 1 + max((_depth(v, limit - 1) for v in children), default=0)
 
 
 def fit_metadata(base: dict[str, Any], extra: Mapping[str, Any], options: Options) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def fit_metadata(base: dict[str, Any], extra: Mapping[str, Any], options: Option
     items = [(k, v) for k, v in extra.items() if v not in (None, "", [], {})]
     dropped = []
     for k, v in items:
-        if _depth(v) + 1 >= options.max_metadata_depth:
+        if 1 + _depth(v, options.max_metadata_depth) > options.max_metadata_depth:
             dropped.append(k)
         else:
             meta[k] = v

@@ -42,7 +42,7 @@ TEXT_TYPES = ("text", "multimodal_text")
 
 def _turn(node: Mapping[str, Any]) -> dict[str, str] | None:
     """The visible {role, content} of a mapping node, or None (placeholders, tools, reasoning)."""
-    msg = node.get("message")
+    msg = node.get("message") if isinstance(node, Mapping) else None
     if not isinstance(msg, Mapping):
         return None
     role = (msg.get("author") or {}).get("role") if isinstance(msg.get("author"), Mapping) else None
@@ -98,7 +98,8 @@ def _event(ref: str, fb: Mapping[str, Any], convs: Mapping[str, Mapping[str, Any
     if rated is None or rated["role"] != "assistant" or not rated["content"].strip():
         raise Skip(f"the rated message '{mid}' is not an assistant reply with text")
     turns = [t for t in (_turn(n) for n in chain[:-1]) if t is not None]
-    msg_meta = chain[-1]["message"].get("metadata") or {}
+    msg_meta = chain[-1]["message"].get("metadata")
+    msg_meta = msg_meta if isinstance(msg_meta, Mapping) else {}
     content = _feedback_content(fb.get("content"))
     extra = {"tags": content.get("tags"), "comment": content.get("text") or content.get("comment"),
              "title": conv.get("title"), "workspace_id": fb.get("workspace_id")}

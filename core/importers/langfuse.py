@@ -131,7 +131,8 @@ def convert(files: Mapping[str, list[Any]], options: Options) -> Conversion:
         rid = opt_str(require(rec, "id", str, ref))
         (observations if kind == "observation" else traces)[rid] = rec
         for key in ("observations", "scores"):  # a trace with its details embedded
-            for j, inner in enumerate(rec.get(key) or []):
+            inners = rec.get(key)
+            for j, inner in enumerate(inners if isinstance(inners, list) else []):
                 if isinstance(inner, Mapping):
                     add(f"{ref}.{key}[{j}]", {"traceId": rid, **inner})
 

@@ -24,12 +24,12 @@ RESPONSE_KEYS = ("output", "answer", "response", "result", "completion", "text",
                  "generation", "message")
 
 
-def part_text(value: Any) -> str | None:
+def part_text(value: Any, depth: int = 0) -> str | None:
     """Text of a content value: a string, or a list of parts ({"type": "text", "text": ...})."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list):
-        texts = [t for t in (part_text(p) for p in value) if t]
+    if isinstance(value, list) and depth < 4:
+        texts = [t for t in (part_text(p, depth + 1) for p in value) if t]
         return "\n".join(texts) if texts else None
     if isinstance(value, Mapping):
         if value.get("type") not in (None, "text", "input_text", "output_text"):
@@ -45,7 +45,8 @@ def message_turn(value: Any) -> dict[str, str] | None:
     """{role, content} of one message in any of the common shapes; None if it is not one."""
     if not isinstance(value, Mapping):
         return None
-    if value.get("lc") == 1 and isinstance(value.get("id"), list) and isinstance(value.get("kwargs"), Mapping):
+    if value.get("lc") == 1 and isinstance(value.get("id"), list) and value["id"] \
+            and isinstance(value.get("kwargs"), Mapping):
         kwargs = value["kwargs"]
         role = LC_ROLES.get(str(value["id"][-1])) or ROLES.get(str(kwargs.get("role", "")).lower())
     else:
