@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_metadata_bytes: int = Field(16 * 1024, ge=2, description="Largest serialised metadata object.")
     max_metadata_depth: int = Field(8, ge=1, description="Deepest nesting of metadata.")
+    max_import_uncompressed_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest uncompressed size of a zip / tar.gz import body."
+    )
     rate_limit_per_second: float = Field(2000.0, gt=0, description="Sustained requests/s per API key.")
     rate_limit_burst: int = Field(4000, ge=1, description="Burst size of the per-key token bucket.")
 

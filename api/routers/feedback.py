@@ -33,8 +33,10 @@ from api.schemas.feedback import (
     parse_batch_item,
     parse_event,
 )
+from api.schemas.importers import ImportParams
 from core import feedback
 from core.errors import InvalidInput, PayloadTooLarge
+from core.importers import ingest as importers
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
@@ -170,19 +172,30 @@ async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "k
 @router.post(
     "/import",
     response_model=ImportOut,
-    summary="Import a TRL dataset (KTO or paired)",
+    summary="Import a TRL dataset or another tool's feedback export",
     responses=ERRORS,
     openapi_extra={"requestBody": {"required": True, "description": (
         "JSONL, one object per line (or a JSON list of objects): {prompt, completion, label: bool} rows "
         "(TRL unpaired KTO) and/or {prompt, chosen, rejected} rows (each becomes an up and a down event). "
         "prompt is text or a messages list. Event ids derive from the row content, so re-importing a file "
-        "stores nothing new."),
+        "stores nothing new. With ?source=openwebui|librechat|langfuse|langsmith|chatgpt: that tool's export, "
+        "as JSON, JSONL or a zip / tar.gz of its files (see the README)."),
         "content": {"application/x-ndjson": {"schema": {"type": "string"}},
-                    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}},
+                    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                    "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                    "application/gzip": {"schema": {"type": "string", "format": "binary"}}}}},
 )
-async def import_dataset(request: Request, principal: IngestKey, model: ModelQ = None) -> Response:
-    """One transaction; returns counts and the first errors with their line numbers."""
+async def import_dataset(request: Request, principal: IngestKey, params: Annotated[ImportParams, Query()],
+                         model: ModelQ = None) -> Response:
+    """One transaction; returns counts, the skipped records and the first errors (with their line or record)."""
     body = await _read_body(request)
+    if params.source is not None or params.dry_run:
+        settings = request.app.state.settings
+        report = await run_in_threadpool(
+            importers.import_export, request.app.state.engine, body=body, source=params.source or "auto",
+            options=params.options(settings, model), limits=_limits(request), api_key_id=principal.key_id,
+            dry_run=params.dry_run, max_uncompressed_bytes=settings.max_import_uncompressed_bytes)
+        return _json(report)
     records = feedback.decode_records(body)
     summary = await run_in_threadpool(
         feedback.import_records,

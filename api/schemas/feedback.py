@@ -131,7 +131,11 @@ class ImportOut(BaseModel):
     duplicate: int
     conflict: int
     invalid: int
-    errors: list[dict[str, Any]] = Field(description="The first failures, with their line.")
+    errors: list[dict[str, Any]] = Field(description="The first failures, with their line or record.")
+    skipped: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "Source records that carry no usable thumbs: {record, reason} (the first 1,000)."))
+    skipped_total: int = 0
+    dry_run: bool = False
 
 
 def validation_message(exc: ValidationError, prefix: str = "") -> tuple[str, list[dict[str, str]]]:
