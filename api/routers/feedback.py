@@ -180,7 +180,11 @@ async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "k
         "content": {"application/x-ndjson": {"schema": {"type": "string"}},
                     "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}},
 )
-async def import_dataset(request: Request, principal: IngestKey, model: ModelQ = None) -> Response:
+async def import_dataset(
+    request: Request, principal: IngestKey, model: ModelQ = None,
+    adapter: Annotated[str | None, Query(max_length=200, description="The adapter that served every row.")] = None,
+    adapter_version: Annotated[int | None, Query(ge=1, description="Its version (with adapter).")] = None,
+) -> Response:
     """One transaction; returns counts and the first errors with their line numbers."""
     body = await _read_body(request)
     records = feedback.decode_records(body)
@@ -191,6 +195,8 @@ async def import_dataset(request: Request, principal: IngestKey, model: ModelQ =
         limits=_limits(request),
         model=model,
         api_key_id=principal.key_id,
+        adapter=adapter,
+        adapter_version=adapter_version,
     )
     return _json(summary.__dict__)
 
