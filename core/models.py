@@ -394,7 +394,6 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     # A claimed attempt owns the row until then; a worker killed mid-send loses it when it passes.
     lease_until: Mapped[datetime | None]
-    give_up_at: Mapped[datetime]
     last_status_code: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -19,6 +19,9 @@ class PolicyIn(BaseModel):
     min_interval_minutes: int = Field(60, ge=1, description="Minutes at least between two jobs of this policy.")
     config: dict[str, Any] = Field(default_factory=dict, description="Alignment config overrides for its jobs.")
     snapshot_options: SnapshotOptions = Field(default_factory=SnapshotOptions)
+    rollout: dict[str, Any] | None = Field(
+        None, description="Start a rollout of each published version against the champion: "
+        "{baseline, traffic, min_votes, probability, max_days} (see POST /v1/adapters/{name}/rollouts).")
 
 
 class PolicyOut(BaseModel):
@@ -29,6 +32,7 @@ class PolicyOut(BaseModel):
     min_interval_minutes: int
     config: dict[str, Any]
     snapshot_options: dict[str, Any]
+    rollout: dict[str, Any] | None
     enabled: bool
     last_job_id: str | None
     last_triggered_at: datetime | None

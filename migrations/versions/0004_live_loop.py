@@ -97,7 +97,6 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", core.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("lease_until", core.models.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("give_up_at", core.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_status_code", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("created_at", core.models.UTCDateTime(timezone=True), nullable=False),
