@@ -21,6 +21,7 @@ from rich.table import Table
 
 from core import keys as keys_mod
 from core.cli_jobs import jobs_app
+from core.cli_live import rollouts_app
 from core.cli_resources import adapters_app, models_app, snapshots_app
 from core.db import get_engine, session_scope
 from core.errors import DomainError
@@ -34,6 +35,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(snapshots_app, name="snapshots")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(rollouts_app, name="rollouts")
 console = Console(stderr=True)
 log = logging.getLogger("prospect.cli")
 
