@@ -58,8 +58,10 @@ class RolloutSpec:
         def bad(field: str, reason: str) -> InvalidInput:
             return InvalidInput(f"{field}: {reason}", details=[{"field": field, "message": reason}])
 
-        if not isinstance(self.baseline, str) or not self.baseline:
+        if not isinstance(self.baseline, str) or not self.baseline or "\x00" in self.baseline:
             raise bad("baseline", "must be an alias (e.g. 'champion') or a version number")
+        if self.baseline.isdigit() and not 1 <= int(self.baseline) < 2**31:
+            raise bad("baseline", "is not a valid version number")
         if not isinstance(self.traffic, int | float) or isinstance(self.traffic, bool) or not 0 < self.traffic < 1:
             raise bad("traffic", "must be a share of units strictly between 0 and 1, e.g. 0.1")
         if isinstance(self.min_votes, bool) or not isinstance(self.min_votes, int) or self.min_votes < 1:
@@ -106,7 +108,9 @@ def start_rollout(
     409 when the adapter already has a running rollout; 404 for an unknown
     version or alias; 422 when candidate and baseline are the same version.
     """
-    cand = adapters.resolve_version(session, adapter_name=adapter_name, version_or_alias=int(candidate))
+    if isinstance(candidate, bool) or not isinstance(candidate, int) or not 1 <= candidate < 2**31:
+        raise InvalidInput("candidate: must be a version number >= 1")
+    cand = adapters.resolve_version(session, adapter_name=adapter_name, version_or_alias=candidate)
     try:
         base = adapters.resolve_version(session, adapter_name=adapter_name, version_or_alias=spec.baseline)
     except NotFound as exc:

@@ -32,6 +32,9 @@ def _bad(field: str, reason: str) -> InvalidInput:
 def create_target(session: Session, *, name: str, kind: str, url: str, adapter_name: str,
                   secret: str | None = None, adapter_root: str | None = None) -> ServingTarget:
     """Register a target; without ``secret`` one is generated (returned once by the API). Flushes."""
+    for field, value in (("url", url), ("secret", secret), ("adapter_root", adapter_root)):
+        if value is not None and "\x00" in value:
+            raise _bad(field, "must not contain NUL (\\u0000) characters")
     check_name(name, what="serving target")
     check_name(adapter_name, what="adapter")
     if kind not in KINDS:

@@ -47,7 +47,7 @@ class RouteOut(BaseModel):
 class RolloutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    candidate: int = Field(ge=1, description="The version to try.")
+    candidate: int = Field(ge=1, lt=2**31, description="The version to try.")
     baseline: str | int = Field("champion", description="An alias or a version number.")
     traffic: float = Field(0.1, gt=0, lt=1, description="Share of units routed to the candidate.")
     min_votes: int = Field(200, ge=1, description="Votes each arm needs before a decision.")

@@ -134,6 +134,8 @@ def test_start_validates_and_allows_one_running(api):
     assert start(client, h, candidate=7).status_code == 404
     assert start(client, h, baseline="staging").status_code == 404
     assert start(client, h, traffic=1.5).status_code == 422
+    for huge in ({"candidate": 2**31}, {"baseline": 2**63}, {"baseline": "b\x00"}):  # 422, not the driver's 500
+        assert start(client, h, **huge).status_code == 422, huge
     r = start(client, h)
     assert r.status_code == 201
     body = r.json()
