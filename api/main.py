@@ -9,7 +9,17 @@ from fastapi import FastAPI
 from api.deps import AuthCache
 from api.errors import install_error_handlers
 from api.ratelimit import build_rate_limiter
-from api.routers import adapters, base_models, feedback, health, jobs, policies, snapshots
+from api.routers import (
+    adapters,
+    base_models,
+    feedback,
+    health,
+    jobs,
+    live,
+    policies,
+    serving_targets,
+    snapshots,
+)
 from core.db import get_engine, session_factory
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
@@ -39,4 +49,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(snapshots.router)
     app.include_router(adapters.router)
     app.include_router(policies.router)
+    app.include_router(live.router)
+    app.include_router(serving_targets.router)
     return app

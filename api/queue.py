@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from celery import Celery
 from kombu import Connection
+from kombu.exceptions import KombuError
+from sqlalchemy.orm import Session
 
+from core import outbox
 from core.settings import Settings
 
+log = logging.getLogger(__name__)
+
+OUTBOX_SWEEP_TASK = "prospect.outbox.sweep"
 TRAINING_QUEUE = "training"
 DEFAULT_QUEUE = "default"
 
@@ -35,3 +42,13 @@ def check_broker(settings: Settings, timeout_s: float = 2.0) -> None:
     """Raise if the broker cannot be reached within ``timeout_s``."""
     with Connection(settings.celery_broker_url, connect_timeout=timeout_s) as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout_s)
+
+
+def commit_and_kick(session: Session, settings: Settings) -> None:
+    """Commit, then ask a worker to deliver the outbox rows written (best effort: beat sweeps too)."""
+    session.commit()
+    if outbox.pending_in(session):
+        try:
+            send_task(settings, OUTBOX_SWEEP_TASK)
+        except (KombuError, OSError) as exc:  # the rows are committed; the next sweep sends them
+            log.warning("could not ask a worker to deliver now (%s); beat's sweep will", exc)

@@ -42,6 +42,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core import outbox
 from core.base_models import check_name, file_sha256
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import AdapterAlias, AdapterVersion, AliasHistory, BaseModelRecord, Snapshot, utcnow
@@ -235,6 +236,7 @@ def publish_adapter_version(
                 )
                 session.add(row)
                 session.flush()
+                outbox.emit(session, event="version.published", adapter_name=adapter_name, version=version)
                 _set_alias(session, adapter_name=adapter_name, alias=LATEST, version=version,
                            moved_by=f"publish (job {job_id})" if job_id else "publish")
                 if before_commit is not None:
@@ -358,6 +360,8 @@ def _set_alias(session: Session, *, adapter_name: str, alias: str, version: int,
                                      to_version=version, moved_by=moved_by))
     except IntegrityError as exc:  # two unconditional creates of one alias at once (Postgres)
         raise Conflict(f"alias {alias!r} of adapter {adapter_name!r} was created concurrently; retry") from exc
+    outbox.emit(session, event="alias.moved", adapter_name=adapter_name, version=version, alias=alias,
+                previous_version=from_version)
     return current
 
 

@@ -22,6 +22,7 @@ from rich.table import Table
 from core import keys as keys_mod
 from core.cli_feedback import feedback_app
 from core.cli_jobs import jobs_app
+from core.cli_live import rollouts_app
 from core.cli_resources import adapters_app, models_app, snapshots_app
 from core.db import get_engine, session_scope
 from core.errors import DomainError
@@ -36,6 +37,7 @@ app.add_typer(snapshots_app, name="snapshots")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(rollouts_app, name="rollouts")
 console = Console(stderr=True)
 log = logging.getLogger("prospect.cli")
 

@@ -32,6 +32,7 @@ import orjson
 from sqlalchemy import JSON, Connection, Engine, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core import attribution
 from core.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge
 from core.models import FeedbackEvent, Vote, utcnow
 from core.settings import Settings
@@ -77,6 +78,8 @@ class EventInput:
     model: str | None = None
     metadata: dict[str, Any] | None = None
     created_at: datetime | None = None
+    adapter: str | None = None  # core.attribution: the adapter version that served the response
+    adapter_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,7 @@ def validate_event(event: EventInput, limits: Limits) -> None:
     _check_text("response", event.response, limits)
     for name in ("user_id", "conversation_id", "response_id", "model"):
         _check_short(name, getattr(event, name))
+    attribution.resolve(adapter=event.adapter, adapter_version=event.adapter_version, model=event.model)
     if event.metadata is not None:
         if not isinstance(event.metadata, dict):
             raise _bad("metadata", "must be a JSON object")
@@ -246,6 +250,7 @@ def content_hash(event: EventInput) -> str:
                 "model": event.model,
                 "metadata": event.metadata,
                 "created_at": _utc(event.created_at).isoformat() if event.created_at else None,
+                **attribution.hash_fields(event.adapter, event.adapter_version),
             }
         )
     )
@@ -256,6 +261,8 @@ def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | No
     event_id = event.event_id or uuid.uuid4().hex
     prompt = event.prompt if event.prompt is not None else event.messages
     created_at = _utc(event.created_at) if event.created_at else now
+    adapter, adapter_version = attribution.resolve(adapter=event.adapter, adapter_version=event.adapter_version,
+                                                   model=event.model)
     row = {
         "event_id": event_id,
         "content_hash": content_hash(event),
@@ -269,6 +276,8 @@ def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | No
         "conversation_id": event.conversation_id,
         "response_id": event.response_id,
         "model": event.model,
+        "adapter": adapter,
+        "adapter_version": adapter_version,
         "metadata": event.metadata,
         "created_at": created_at,
         "received_at": now,
@@ -669,8 +678,14 @@ def import_records(
     limits: Limits = Limits(),
     model: str | None = None,
     api_key_id: int | None = None,
+    adapter: str | None = None,
+    adapter_version: int | None = None,
 ) -> ImportSummary:
-    """Import decoded records (see ``decode_records``) in one transaction; returns counts and the first errors."""
+    """Import decoded records (see ``decode_records``) in one transaction; returns counts and the first errors.
+
+    ``model``, ``adapter`` and ``adapter_version`` apply to every event of the import."""
+    if adapter is not None or adapter_version is not None:  # a bad pair fails the import, not every row
+        attribution.resolve(adapter=adapter, adapter_version=adapter_version, model=model)
     summary = ImportSummary()
     items: list[EventInput | InvalidItem] = []
     lines: list[int] = []
@@ -684,6 +699,8 @@ def import_records(
             items.append(InvalidItem(exc.message))
             lines.append(line)
             continue
+        for e in events:
+            e.adapter, e.adapter_version = adapter, adapter_version
         items.extend(events)
         lines.extend([line] * len(events))
     with engine.begin() as conn:

@@ -80,6 +80,7 @@ class ApiKey(Base):
 
 class FeedbackEvent(Base):
     __tablename__ = "feedback_events"
+    __table_args__ = (Index("ix_events_adapter_version", "adapter", "adapter_version"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(200), unique=True)
@@ -95,6 +96,9 @@ class FeedbackEvent(Base):
     conversation_id: Mapped[str | None] = mapped_column(String(200))
     response_id: Mapped[str | None] = mapped_column(String(200))
     model: Mapped[str | None] = mapped_column(String(200))
+    # The adapter version that served the response (given, or parsed from model "<adapter>-v<n>").
+    adapter: Mapped[str | None] = mapped_column(String(200))
+    adapter_version: Mapped[int | None]
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     created_at: Mapped[datetime] = mapped_column(index=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -180,6 +184,8 @@ class TrainingPolicy(Base):
     last_job_id: Mapped[str | None] = mapped_column(String(32))
     last_triggered_at: Mapped[datetime | None]
     last_vote_watermark: Mapped[int] = mapped_column(BigId, default=0)
+    # Rollout settings (core.rollouts.RolloutSpec) for each version this policy publishes; None: no rollout.
+    rollout: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
 
@@ -307,3 +313,111 @@ class PromptSplit(Base):
     prompt_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     heldout: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+ROLLOUT_STATUSES = ("running", "promoted", "rolled_back", "stopped", "expired")
+
+
+class Rollout(Base):
+    """A canary: ``traffic`` of the units see the candidate until the feedback decides (core.rollouts)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        # One running rollout per adapter: routing must know which one applies.
+        Index(
+            "uq_rollouts_one_running_per_adapter",
+            "adapter_name",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("ix_rollouts_adapter_started", "adapter_name", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    adapter_name: Mapped[str] = mapped_column(String(200))
+    candidate_version: Mapped[int]
+    baseline_version: Mapped[int]
+    # What the caller named the baseline ("champion", "3"): the promote is a compare-and-swap against it.
+    baseline_ref: Mapped[str] = mapped_column(String(100))
+    traffic: Mapped[float]
+    min_votes: Mapped[int]
+    probability: Mapped[float]
+    max_days: Mapped[float]
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    reason: Mapped[str | None] = mapped_column(Text)
+    # Figures of the latest evaluation (arms, probabilities); the full history is in rollout_evaluations.
+    figures: Mapped[dict[str, Any] | None]
+    started_by: Mapped[str | None] = mapped_column(String(200))
+    policy_id: Mapped[str | None] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    evaluated_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+
+
+class RolloutEvaluation(Base):
+    __tablename__ = "rollout_evaluations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    evaluated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    figures: Mapped[dict[str, Any]]
+    # The rollout's status after this evaluation (running when undecided).
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ServingTarget(Base):
+    """A serving stack told about an adapter's changes: a webhook, or a vLLM server's LoRA API."""
+
+    __tablename__ = "serving_targets"
+    __table_args__ = (
+        Index(
+            "uq_serving_targets_live_name",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(String(1000))
+    adapter_name: Mapped[str] = mapped_column(String(200), index=True)
+    # Kept in clear: it signs every webhook body (HMAC), so it must be readable.
+    secret: Mapped[str] = mapped_column(String(200))
+    # vllm: where the vLLM host finds <adapter>/v<version>; and the served names it was told to load.
+    adapter_root: Mapped[str | None] = mapped_column(String(1000))
+    loaded: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+class Delivery(Base):
+    """The outbox: one row per (event, target), written in the transaction of the change it reports."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_target_created", "target_id", "created_at"),
+    )
+
+    # The delivery_id the receiver deduplicates on.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    target_id: Mapped[str] = mapped_column(ForeignKey("serving_targets.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A claimed attempt owns the row until then; a worker killed mid-send loses it when it passes.
+    lease_until: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from core.base_models import check_name, get_base_model_or_none
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import TrainingPolicy, utcnow
+from core.rollouts import RolloutSpec
 from core.snapshots import parse_filters, parse_options
 
 
@@ -36,8 +37,10 @@ def create_policy(
     config: dict[str, Any] | None = None,
     snapshot_options: dict[str, Any] | None = None,
     snapshot_filters: dict[str, Any] | None = None,
+    rollout: dict[str, Any] | None = None,
 ) -> TrainingPolicy:
-    """Create a policy; flushes, the caller commits."""
+    """Create a policy; flushes, the caller commits. ``rollout`` (core.rollouts.RolloutSpec): each version
+    the policy publishes starts a rollout against the champion."""
     check_name(adapter_name, what="adapter")
     base = get_base_model_or_none(session, name=base_model_name)
     if base is None:
@@ -51,6 +54,7 @@ def create_policy(
         min_interval_minutes=min_interval_minutes, config=config or {},
         snapshot_options=parse_options(snapshot_options).model_dump(mode="json"),
         snapshot_filters=parse_filters(snapshot_filters).model_dump(mode="json", exclude_defaults=True),
+        rollout=RolloutSpec.from_dict(rollout).to_dict() if rollout is not None else None,
     )
     try:
         with session.begin_nested():

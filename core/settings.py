@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     bundled_model_name: str = Field("smollm2-135m-instruct", description="Name the bundled base model gets.")
     register_bundled_model: bool = Field(True, description="Convert and register the bundled model on start.")
 
+    # The live loop: rollouts and telling serving targets (core.rollouts, core.outbox).
+    rollout_interval_s: float = Field(60.0, gt=0, description="How often beat evaluates running rollouts.")
+    outbox_interval_s: float = Field(5.0, gt=0, description="How often beat delivers due outbox rows.")
+    outbox_backoff_s: float = Field(2.0, gt=0, description="Retry delay after a failed delivery; doubles each try.")
+    outbox_max_backoff_s: float = Field(600.0, gt=0, description="Longest delay between two delivery tries.")
+    outbox_give_up_s: float = Field(86400.0, gt=0, description="A delivery still failing this long after its "
+                                    "event ends failed.")
+    outbox_timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one delivery request.")
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, v: str) -> str:

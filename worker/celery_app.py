@@ -30,6 +30,16 @@ def beat_schedule(settings: Settings) -> dict:
             "schedule": timedelta(seconds=settings.reaper_interval_s),
             "options": {"queue": DEFAULT_QUEUE, "expires": settings.reaper_interval_s},
         },
+        "evaluate-rollouts": {
+            "task": "prospect.rollouts.tick",
+            "schedule": timedelta(seconds=settings.rollout_interval_s),
+            "options": {"queue": DEFAULT_QUEUE, "expires": settings.rollout_interval_s},
+        },
+        "deliver-outbox": {
+            "task": "prospect.outbox.sweep",
+            "schedule": timedelta(seconds=settings.outbox_interval_s),
+            "options": {"queue": DEFAULT_QUEUE, "expires": settings.outbox_interval_s},
+        },
     }
 
 
@@ -58,6 +68,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.autodiscover_tasks(["worker"], related_name="tasks", force=True)
+    app.autodiscover_tasks(["worker"], related_name="live_tasks", force=True)
     return app
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.http_cache import not_modified, quoted
+from api.queue import commit_and_kick
 from api.schemas.adapters import AdapterOut, AdapterVersionOut, AliasIn, AliasMoveOut, AliasOut
 from core import adapters
 from core.keys import Principal
@@ -90,14 +91,15 @@ def get_file(name: str, version_or_alias: str, filename: str, request: Request, 
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasOut, summary="Move an alias", responses=ERRORS)
-def move_alias(name: str, alias: str, body: AliasIn, session: SessionDep, principal: TrainKey) -> AliasOut:
+def move_alias(name: str, alias: str, body: AliasIn, session: SessionDep, settings: SettingsDep,
+               principal: TrainKey) -> AliasOut:
     """Point the alias at ``version``; with ``expected_version`` a compare-and-swap (409 when stale).
 
     ``latest`` moves only on publish. Rolling back is moving an alias back.
     """
     row = adapters.move_alias(session, adapter_name=name, alias=alias, version=body.version,
                               expected_version=body.expected_version, moved_by=_moved_by(principal))
-    session.commit()
+    commit_and_kick(session, settings)
     return AliasOut(adapter=row.adapter_name, alias=row.alias, version=row.version, updated_at=row.updated_at)
 
 

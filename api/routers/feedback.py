@@ -185,8 +185,11 @@ async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "k
                     "application/zip": {"schema": {"type": "string", "format": "binary"}},
                     "application/gzip": {"schema": {"type": "string", "format": "binary"}}}}},
 )
-async def import_dataset(request: Request, principal: IngestKey, params: Annotated[ImportParams, Query()],
-                         model: ModelQ = None) -> Response:
+async def import_dataset(
+    request: Request, principal: IngestKey, params: Annotated[ImportParams, Query()], model: ModelQ = None,
+    adapter: Annotated[str | None, Query(max_length=200, description="The adapter that served every row.")] = None,
+    adapter_version: Annotated[int | None, Query(ge=1, description="Its version (with adapter).")] = None,
+) -> Response:
     """One transaction; returns counts, the skipped records and the first errors (with their line or record)."""
     body = await _read_body(request)
     if params.source is not None or params.dry_run:
@@ -204,6 +207,8 @@ async def import_dataset(request: Request, principal: IngestKey, params: Annotat
         limits=_limits(request),
         model=model,
         api_key_id=principal.key_id,
+        adapter=adapter,
+        adapter_version=adapter_version,
     )
     return _json(summary.__dict__)
 

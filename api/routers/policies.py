@@ -31,7 +31,8 @@ def _out(session: Session, p: TrainingPolicy) -> PolicyOut:
     return PolicyOut(
         id=p.id, adapter=p.adapter_name, base_model=session.get(BaseModelRecord, p.base_model_id).name,
         min_new_feedback=p.min_new_feedback, min_interval_minutes=p.min_interval_minutes, config=p.config,
-        snapshot_options=p.snapshot_options, snapshot_filters=p.snapshot_filters, enabled=p.enabled, last_job_id=p.last_job_id,
+        snapshot_options=p.snapshot_options, snapshot_filters=p.snapshot_filters, rollout=p.rollout,
+        enabled=p.enabled, last_job_id=p.last_job_id,
         last_triggered_at=p.last_triggered_at, created_at=p.created_at,
     )
 
@@ -42,7 +43,7 @@ def create_policy(body: PolicyIn, session: SessionDep, _: TrainKey) -> PolicyOut
     p = policies.create_policy(
         session, adapter_name=body.adapter, base_model_name=body.base_model, min_new_feedback=body.min_new_feedback,
         min_interval_minutes=body.min_interval_minutes, config=body.config,
-        snapshot_options=body.snapshot_options.model_dump(),
+        snapshot_options=body.snapshot_options.model_dump(), rollout=body.rollout,
         snapshot_filters=body.snapshot_filters.model_dump(mode="json", exclude_defaults=True),
     )
     session.commit()

@@ -42,7 +42,10 @@ class FeedbackEventIn(BaseModel):
     user_id: str | None = None
     conversation_id: str | None = None
     response_id: str | None = None
-    model: str | None = Field(None, description="The adapter version that produced the response.")
+    model: str | None = Field(None, description="The model or adapter version that produced the response; "
+                              "'<adapter>-v<n>' is read as adapter and adapter_version when both are absent.")
+    adapter: str | None = Field(None, description="The adapter that served the response (with adapter_version).")
+    adapter_version: int | None = Field(None, ge=1, strict=True, description="Its version number.")
     metadata: dict[str, Any] | None = None
     created_at: datetime | None = Field(None, description="When the user voted; default: when received.")
 
@@ -59,6 +62,8 @@ class FeedbackEventIn(BaseModel):
             model=self.model,
             metadata=self.metadata,
             created_at=self.created_at,
+            adapter=self.adapter,
+            adapter_version=self.adapter_version,
         )
 
 
@@ -97,6 +102,8 @@ class FeedbackEventOut(BaseModel):
     conversation_id: str | None
     response_id: str | None
     model: str | None
+    adapter: str | None
+    adapter_version: int | None
     metadata: dict[str, Any] | None
     created_at: datetime
     received_at: datetime

@@ -22,6 +22,9 @@ class PolicyIn(BaseModel):
     snapshot_filters: SnapshotFilters = Field(
         default_factory=SnapshotFilters, description="Which votes its snapshots take: model, metadata, since, until."
     )
+    rollout: dict[str, Any] | None = Field(
+        None, description="Start a rollout of each published version against the champion: "
+        "{baseline, traffic, min_votes, probability, max_days} (see POST /v1/adapters/{name}/rollouts).")
 
 
 class PolicyOut(BaseModel):
@@ -33,6 +36,7 @@ class PolicyOut(BaseModel):
     config: dict[str, Any]
     snapshot_options: dict[str, Any]
     snapshot_filters: dict[str, Any]
+    rollout: dict[str, Any] | None
     enabled: bool
     last_job_id: str | None
     last_triggered_at: datetime | None

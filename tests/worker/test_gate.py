@@ -79,7 +79,9 @@ def test_the_bootstrap_is_seeded_and_resamples_whole_prompts():
     # as it would if the copies were independent evidence.
     clustered = [HeldoutRow(r.prompt_key, r.label, r.adapter_loss, r.reference_loss, r.reward)
                  for r in rows for _ in range(10)]
-    width = lambda f: f["reward_margin"]["interval"][1] - f["reward_margin"]["interval"][0]  # noqa: E731
+    def width(f):
+        return f["reward_margin"]["interval"][1] - f["reward_margin"]["interval"][0]
+
     assert width(bootstrap(clustered, seed=7)) == pytest.approx(width(bootstrap(rows, seed=7)), rel=0.25)
 
 

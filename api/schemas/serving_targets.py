@@ -1,0 +1,46 @@
+"""Request and response models of /v1/serving-targets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TargetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=100)
+    kind: Literal["webhook", "vllm"]
+    url: str = Field(max_length=1000, description="webhook: where events are POSTed; vllm: the server's base URL.")
+    adapter: str = Field(max_length=100, description="The adapter whose events this target hears.")
+    secret: str | None = Field(None, max_length=200, description="HMAC key of the signature header; "
+                               "omit to get a generated one (shown once).")
+    adapter_root: str | None = Field(None, max_length=1000, description="vllm: the folder on the vLLM host "
+                                     "holding <adapter>/v<version> (each a version's unpacked download).")
+
+
+class TargetOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    url: str
+    adapter: str
+    adapter_root: str | None
+    loaded: list[int] = Field(description="vllm: the versions the server was told to hold.")
+    created_at: datetime
+    secret: str | None = Field(None, description="Only in the answer to the POST that created it.")
+
+
+class DeliveryOut(BaseModel):
+    delivery_id: str
+    event: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+    payload: dict[str, Any]
