@@ -425,6 +425,8 @@ class _Run:
             # job (claim token) and no cancel arrived; the job is marked succeeded in that commit.
             jobs.succeed(session, job_id=self.job_id, token=self.token, adapter_version_id=row.id,
                          eval_metrics=safe_figures)
+            if job.policy_id is not None:
+                self._start_policy_rollout(session, row, job.policy_id)
 
         try:
             return publish_adapter_version(
@@ -436,6 +438,17 @@ class _Run:
             )
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+
+    def _start_policy_rollout(self, session, version, policy_id: str) -> None:
+        """The rollout the job's policy asks for, committed with the version (or not at all)."""
+        from core.models import TrainingPolicy
+        from core.rollouts import on_version_published
+
+        try:
+            with session.begin_nested():
+                on_version_published(session, version, session.get(TrainingPolicy, policy_id))
+        except DomainError as exc:  # the version still publishes; the rollout can be started by hand
+            log.warning("job %s: the policy's rollout did not start: %s", self.job_id, exc.message)
 
     def release(self) -> None:
         self.model = None

@@ -272,3 +272,21 @@ def test_a_job_past_its_time_limit_fails_with_the_reason(stack):
     assert run_job(job_id, settings=settings).status == "failed"
     job, _, n_versions = _state(stack["engine"], job_id)
     assert "ran past its wall-clock limit of 0.001 s (PROSPECT_JOB_TIME_LIMIT_S)" in job.error and n_versions == 0
+
+
+def test_a_policy_job_starts_its_rollout_in_the_publish_commit(stack):
+    from core.adapters import move_alias
+    from core.policies import create_policy
+    from core.rollouts import running_rollout
+
+    engine, settings = stack["engine"], stack["settings"]
+    assert run_job(_job(engine), settings=settings).status == "succeeded"
+    with session_scope(engine) as s:
+        move_alias(s, adapter_name="bot", alias="champion", version=1, moved_by="test")
+        policy = create_policy(s, adapter_name="bot", base_model_name="tiny", config=TINY_CONFIG,
+                               rollout={"traffic": 0.25, "min_votes": 50})
+        policy_id = policy.id
+    assert run_job(_job(engine, policy_id=policy_id), settings=settings).status == "succeeded"
+    with session_scope(engine) as s:
+        rollout = running_rollout(s, adapter_name="bot")
+        assert (rollout.candidate_version, rollout.baseline_version, rollout.traffic) == (2, 1, 0.25)
