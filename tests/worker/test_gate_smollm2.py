@@ -89,7 +89,7 @@ def test_a_diverged_run_is_refused_whatever_the_class_ratio(smol, up_share):
 
 
 def test_an_adapter_trained_on_random_labels_is_refused(smol):
-    job = smol(arithmetic_events(120, up_share=0.5, seed=2, random_labels=True), {**SMALL, "num_epochs": 3})
+    job = smol(arithmetic_events(120, up_share=0.5, seed=2, random_labels=True), {**SMALL, "num_epochs": 2})
     assert job.status == "failed" and job.error.startswith("the gate refused to publish"), job.error
     lo = _gate(job)["reward_margin"]["interval"][0]
     assert lo <= 0 or _gate(job)["loss_improvement"]["interval"][0] <= 0.01
