@@ -85,6 +85,9 @@ def test_post_job_queues_it_and_sends_the_task(api, settings, engine):
     ({"adapter": "Bad Name!"}, 422, "invalid adapter name"),
     ({"snapshot_id": "missing"}, 404, "no snapshot with id 'missing'"),
     ({"options": {"heldout_fraction": 0}}, 422, "heldout_fraction must be in (0, 1)"),
+    ({"options": {"gate_min_reward_margin": -1}}, 422, "job option gate_min_reward_margin must be >= 0"),
+    ({"options": {"gate_min_loss_improvement": -0.5}}, 422, "job option gate_min_loss_improvement must be >= 0"),
+    ({"snapshot_filters": {"model": "m"}, "snapshot_id": "x"}, 422, "snapshot_id or snapshot_filters"),
     ({"snapshot_options": {"aggregation": "vote"}}, 422, "aggregation"),
     ({"extra": 1}, 422, "extra"),
 ])
