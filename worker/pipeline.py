@@ -174,8 +174,13 @@ class Liveness:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop_heartbeat()
+
+    def stop_heartbeat(self) -> None:
+        """Before the publish: from its commit on the job is no longer ours to beat for."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -314,6 +319,7 @@ class _Run:
         if live.should_stop():
             return self._stopped(live)
 
+        live.stop_heartbeat()  # publishing takes seconds; the fence, not the heartbeat, decides
         try:
             version = self._publish(job, base, snapshot, result, figures)
         except jobs.CancelRequested:
