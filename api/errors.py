@@ -52,7 +52,7 @@ def error_body(message: str, details=None) -> dict:
     return body
 
 
-async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+async def domain_error(_: Request | None, exc: DomainError) -> JSONResponse:
     status = status_for(exc)
     headers = {}
     if isinstance(exc, RateLimited | Unavailable):
@@ -68,7 +68,7 @@ def _is_connectivity_error(exc: DBAPIError) -> bool:
     return "connection" in str(exc.orig).lower()
 
 
-async def _database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+async def database_error(_: Request | None, exc: DBAPIError) -> JSONResponse:
     if _is_connectivity_error(exc):
         log.warning("database unavailable: %s", exc.orig)
         return JSONResponse(
@@ -90,6 +90,6 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(DomainError, _domain_error)
-    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(DomainError, domain_error)
+    app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_metadata_depth: int = Field(8, ge=1, description="Deepest nesting of metadata.")
     rate_limit_per_second: float = Field(2000.0, gt=0, description="Sustained requests/s per API key.")
     rate_limit_burst: int = Field(4000, ge=1, description="Burst size of the per-key token bucket.")
+    max_import_rows: int = Field(20_000, ge=1, description="Most rows in one POST /v1/feedback/import.")
+    auth_failures_per_minute: float = Field(
+        30.0, gt=0, description="Failed authentications a client address may make per minute (then 429)."
+    )
+    auth_failures_burst: int = Field(20, ge=1, description="Failed authentications a client may make at once.")
+    rejected_token_ttl_s: float = Field(60.0, ge=0, description="How long a rejected token is refused unseen.")
 
     # Worker and jobs.
     job_max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it ends failed.")

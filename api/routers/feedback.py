@@ -33,7 +33,7 @@ from api.schemas.feedback import (
     parse_batch_item,
     parse_event,
 )
-from core import feedback
+from core import feedback, feedback_import
 from core.errors import InvalidInput, PayloadTooLarge
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
@@ -181,13 +181,14 @@ async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "k
                     "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}},
 )
 async def import_dataset(request: Request, principal: IngestKey, model: ModelQ = None) -> Response:
-    """One transaction; returns counts and the first errors with their line numbers."""
+    """One transaction; returns counts and the first errors with their line numbers. Decoded and written a
+    chunk of rows at a time in a worker thread (413 over max_import_rows)."""
     body = await _read_body(request)
-    records = feedback.decode_records(body)
     summary = await run_in_threadpool(
-        feedback.import_records,
+        feedback_import.import_body,
         request.app.state.engine,
-        records=records,
+        body=body,
+        max_rows=request.app.state.settings.max_import_rows,
         limits=_limits(request),
         model=model,
         api_key_id=principal.key_id,
