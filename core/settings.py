@@ -55,6 +55,21 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         48 * 3600, ge=60, description="Redis/SQS redelivery timeout; must exceed the longest job."
     )
+    job_time_limit_s: float = Field(
+        24 * 3600.0, gt=0, description="Wall-clock limit of one job; past it the job ends failed."
+    )
+    job_max_steps: int = Field(100_000, ge=1, description="Largest config.max_steps a job may ask for.")
+    job_max_epochs: int = Field(100, ge=1, description="Largest config.num_epochs.")
+    job_max_batch_size: int = Field(256, ge=2, description="Largest config.batch_size.")
+    job_max_grad_accumulation: int = Field(256, ge=1, description="Largest config.grad_accumulation.")
+    job_max_length: int = Field(32_768, ge=16, description="Largest config.max_length (and max_prompt_length).")
+    job_max_lora_r: int = Field(256, ge=1, description="Largest config.lora_r.")
+    job_max_lora_alpha: int = Field(1024, ge=1, description="Largest config.lora_alpha.")
+    job_max_sequence_workers: int = Field(64, ge=1, description="Largest config.sequence_workers.")
+    snapshot_retention_days: float = Field(
+        30.0, ge=0, description="Snapshot files no version was trained on are deleted after this; 0 keeps all."
+    )
+    retention_interval_s: float = Field(3600.0, gt=0, description="How often beat applies snapshot retention.")
     checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
     bundled_model_name: str = Field("smollm2-135m-instruct", description="Name the bundled base model gets.")
     register_bundled_model: bool = Field(True, description="Convert and register the bundled model on start.")

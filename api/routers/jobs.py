@@ -19,6 +19,7 @@ from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.queue import TRAINING_QUEUE, send_task
 from api.schemas.jobs import JobIn, JobListOut, JobMetricOut, JobMetricsOut, JobOut, JobStatus
 from core import jobs
+from core.job_limits import check_job_config
 from core.errors import InvalidInput
 from core.models import AdapterVersion, AlignmentJob, BaseModelRecord
 
@@ -69,6 +70,7 @@ def job_out(session: Session, job: AlignmentJob) -> JobOut:
 @router.post("", status_code=202, response_model=JobOut, summary="Start an alignment job", responses=ERRORS)
 def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, _: TrainKey) -> JobOut:
     """Queue a job: 202 with its id. Without ``snapshot_id`` the worker takes a snapshot first."""
+    check_job_config(body.config, settings=settings)
     config = validate_config(body.config)
     job = jobs.create_job(
         session, adapter_name=body.adapter, base_model_name=body.base_model, snapshot_id=body.snapshot_id,
