@@ -18,8 +18,14 @@ def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.session_factory() as session:
+    """GET and HEAD get a read-only session (no SQLite write lock); routes that stream close it first."""
+    state = request.app.state
+    factory = state.read_session_factory if request.method in READ_METHODS else state.session_factory
+    with factory() as session:
         yield session
 
 

@@ -11,7 +11,7 @@ from api.errors import install_error_handlers
 from api.guard import GuardMiddleware
 from api.ratelimit import build_rate_limiter
 from api.routers import adapters, base_models, feedback, health, jobs, policies, snapshots
-from core.db import get_engine, session_factory
+from core.db import get_engine, read_only, session_factory
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 
@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = get_engine(settings)
     app.state.session_factory = session_factory(app.state.engine)
-    app.state.authenticator = Authenticator(settings, app.state.session_factory)
+    app.state.read_engine = read_only(app.state.engine)
+    app.state.read_session_factory = session_factory(app.state.read_engine)
+    app.state.authenticator = Authenticator(settings, app.state.read_session_factory)
     app.state.rate_limiter = build_rate_limiter(settings)
     install_error_handlers(app)
     # Outermost of the app's own layers: nothing reads a body before it is bounded and authenticated.

@@ -145,7 +145,7 @@ async def get_stats(request: Request, _: ReadKey, since: Since = None, until: Un
                     model: ModelQ = None) -> Response:
     """Up/down counts of the counted votes (after re-votes and retractions), overall and per model."""
     stats = await run_in_threadpool(
-        feedback.feedback_stats, request.app.state.engine, since=since, until=until, model=model
+        feedback.feedback_stats, request.app.state.read_engine, since=since, until=until, model=model
     )
     return _json(stats)
 
@@ -160,7 +160,7 @@ async def get_stats(request: Request, _: ReadKey, since: Since = None, until: Un
 async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "kto-jsonl",
                  since: Since = None, until: Until = None, model: ModelQ = None) -> StreamingResponse:
     """Streamed JSONL in TRL's unpaired KTO format; prompt is the text or the messages list."""
-    chunks = feedback.iter_kto_jsonl(request.app.state.engine, since=since, until=until, model=model)
+    chunks = feedback.iter_kto_jsonl(request.app.state.read_engine, since=since, until=until, model=model)
     # Read the first chunk before answering, so a database outage is a 503 rather than a cut stream.
     first = await run_in_threadpool(next, chunks, None)
     body: Iterator[bytes] = iter(()) if first is None else itertools.chain([first], chunks)
@@ -198,7 +198,7 @@ async def import_dataset(request: Request, principal: IngestKey, model: ModelQ =
 
 @router.get("/{event_id}", response_model=FeedbackEventOut, summary="One stored event", responses=ERRORS)
 async def get_event(request: Request, event_id: str, _: ReadKey) -> Response:
-    return _json(await run_in_threadpool(feedback.get_event, request.app.state.engine, event_id=event_id))
+    return _json(await run_in_threadpool(feedback.get_event, request.app.state.read_engine, event_id=event_id))
 
 
 @router.delete("/{event_id}", response_model=RetractOut, summary="Retract an event", responses=ERRORS)

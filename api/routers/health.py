@@ -26,7 +26,7 @@ def readyz(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     checks: dict[str, str] = {}
     try:
-        with request.app.state.engine.connect() as conn:
+        with request.app.state.read_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the reason goes to the client

@@ -19,8 +19,8 @@ from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.queue import TRAINING_QUEUE, send_task
 from api.schemas.jobs import JobIn, JobListOut, JobMetricOut, JobMetricsOut, JobOut, JobStatus
 from core import jobs
-from core.job_limits import check_job_config
 from core.errors import InvalidInput
+from core.job_limits import check_job_config
 from core.models import AdapterVersion, AlignmentJob, BaseModelRecord
 
 log = logging.getLogger(__name__)

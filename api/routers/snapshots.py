@@ -43,6 +43,7 @@ def get_snapshot(snapshot_id: str, session: SessionDep, _: ReadKey):
 def export_snapshot(snapshot_id: str, request: Request, session: SessionDep, settings: SettingsDep,
                     _: ReadKey) -> Response:
     snap = snapshots.get_snapshot(session, snapshot_id=snapshot_id)
+    session.close()  # a slow client must not hold a connection (nor, on SQLite, a transaction) while it reads
     cached = not_modified(request, snap.content_hash)
     if cached is not None:
         return cached
