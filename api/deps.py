@@ -43,11 +43,13 @@ async def current_principal(request: Request) -> Principal:
     return principal
 
 
-def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
+def require_scope(scope: str, *alternatives: str) -> Callable[..., Awaitable[Principal]]:
+    """The key must hold ``scope`` (or one of ``alternatives``; admin implies all)."""
     # Async so the hot path (cached key, in-process bucket) stays on the event loop.
     async def dependency(request: Request) -> Principal:
         principal = await current_principal(request)
-        principal.require(scope)
+        if not principal.scopes & set(alternatives):
+            principal.require(scope)
         limiter = request.app.state.rate_limiter
         if limiter is not None:
             if getattr(limiter, "blocking", False):
@@ -63,4 +65,5 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
 IngestKey = Annotated[Principal, Depends(require_scope("ingest"))]
 ReadKey = Annotated[Principal, Depends(require_scope("read"))]
 TrainKey = Annotated[Principal, Depends(require_scope("train"))]
+RetractKey = Annotated[Principal, Depends(require_scope("ingest", "train"))]
 AdminKey = Annotated[Principal, Depends(require_scope("admin"))]

@@ -7,7 +7,7 @@ Rules (shared with snapshots, see ``core/models.py``):
   (prompt/messages, response, label, ids, model, metadata, created_at when the
   client gave one). The same id with the same hash is a duplicate (no write);
   with another hash a conflict.
-- ``votes`` holds the counted vote per (voter, pair): voter = ``user_id`` or
+- ``votes`` holds the counted vote per (voter, pair): voter = ``user:<user_id>`` or
   ``event:<event_id>``; pair = sha256 of the canonical (prompt, response). A
   newer event of the same voter on the same pair (by ``created_at``; ties go
   to the later arrival) moves the row; retracting the event a row points at
@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -43,10 +42,11 @@ ROLES = ("system", "user", "assistant")
 LABELS = {"up": True, "down": False}
 ID_MAX_CHARS = 200
 # Ids travel in URL paths (GET/DELETE /v1/feedback/{event_id}): keep them path-safe.
-EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._~:@+=-]{1,200}$")
+EVENT_ID_RE = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")  # fullmatch: "$" would let "abc\n" through
 # These names are routes under /v1/feedback/, so they cannot be event ids.
 RESERVED_EVENT_IDS = frozenset({"batch", "stats", "export", "import"})
 EXPORT_CHUNK_ROWS = 1000
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 Status = Literal["created", "duplicate", "conflict", "invalid"]
 
@@ -194,12 +194,15 @@ def pair_key(prompt: str | list[dict[str, Any]], response: str) -> str:
 def validate_event(event: EventInput, limits: Limits) -> None:
     """Enforce the domain rules; raises InvalidInput (422) or PayloadTooLarge (413) naming the field."""
     if event.event_id is not None:
-        if not isinstance(event.event_id, str) or not EVENT_ID_RE.match(event.event_id):
+        if not isinstance(event.event_id, str) or not EVENT_ID_RE.fullmatch(event.event_id):
             raise _bad("event_id", f"must be 1 to {ID_MAX_CHARS} characters out of A-Z a-z 0-9 . _ ~ : @ + = -")
         if event.event_id in RESERVED_EVENT_IDS:
             raise _bad("event_id", f"'{event.event_id}' is reserved")
     if event.label not in LABELS:
         raise _bad("label", "must be 'up' or 'down'")
+    if event.created_at is not None and _utc(event.created_at) > utcnow() + MAX_CLOCK_SKEW:
+        # A vote dated far ahead would win every later re-vote of its voter for ever.
+        raise _bad("created_at", f"is more than {MAX_CLOCK_SKEW.seconds // 60} minutes in the future")
     if (event.prompt is None) == (event.messages is None):
         raise _bad("prompt", "give exactly one of 'prompt' (text) or 'messages' (a chat), not both or neither")
     if event.prompt is not None:
@@ -251,9 +254,15 @@ def content_hash(event: EventInput) -> str:
     )
 
 
+def voter_key(user_id: str | None, event_id: str) -> str:
+    """Namespaced, so a user_id such as "event:x" cannot share an anonymous event's key."""
+    return f"user:{user_id}" if user_id is not None else f"event:{event_id}"
+
+
 def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | None, now: datetime) -> _Prepared:
     validate_event(event, limits)
-    event_id = event.event_id or uuid.uuid4().hex
+    # Without an id the content names the event, so a retried request is a duplicate, not a second vote.
+    event_id = event.event_id or "auto-" + content_hash(event)[:40]
     prompt = event.prompt if event.prompt is not None else event.messages
     created_at = _utc(event.created_at) if event.created_at else now
     row = {
@@ -275,7 +284,7 @@ def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | No
         "retracted_at": None,
         "api_key_id": api_key_id,
     }
-    voter = event.user_id if event.user_id is not None else f"event:{event_id}"
+    voter = voter_key(event.user_id, event_id)
     return _Prepared(index, row, voter)
 
 
@@ -472,13 +481,19 @@ def _ingest_items(
     return [r for r in results if r is not None]
 
 
-def retract_event(engine: Engine, *, event_id: str) -> dict[str, Any]:
-    """Mark the event retracted (idempotent) and drop the counted vote that points at it."""
+def retract_event(
+    engine: Engine, *, event_id: str, api_key_id: int | None = None, any_key: bool = True
+) -> dict[str, Any]:
+    """Mark the event retracted (idempotent) and drop the counted vote that points at it.
+
+    Unless ``any_key``, only the key that created the event may retract it; for any other key the event
+    does not exist (404), so ids cannot be probed."""
     with engine.begin() as conn:
         row = conn.execute(
-            select(EVENTS.c.id, EVENTS.c.retracted_at).where(EVENTS.c.event_id == event_id).with_for_update()
+            select(EVENTS.c.id, EVENTS.c.retracted_at, EVENTS.c.api_key_id)
+            .where(EVENTS.c.event_id == event_id).with_for_update()
         ).first()
-        if row is None:
+        if row is None or (not any_key and row.api_key_id != api_key_id):
             raise NotFound(f"no feedback event with event_id '{event_id}'")
         retracted_at = row.retracted_at
         if retracted_at is None:

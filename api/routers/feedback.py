@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import IngestKey, ReadKey
+from api.deps import IngestKey, ReadKey, RetractKey
 from api.schemas.feedback import (
     BatchIn,
     BatchOut,
@@ -202,6 +202,9 @@ async def get_event(request: Request, event_id: str, _: ReadKey) -> Response:
 
 
 @router.delete("/{event_id}", response_model=RetractOut, summary="Retract an event", responses=ERRORS)
-async def retract(request: Request, event_id: str, _: IngestKey) -> Response:
-    """Excludes the event's vote from stats, exports and future snapshots; the raw event is kept, marked."""
-    return _json(await run_in_threadpool(feedback.retract_event, request.app.state.engine, event_id=event_id))
+async def retract(request: Request, event_id: str, principal: RetractKey) -> Response:
+    """Excludes the event's vote from stats, exports and future snapshots; the raw event is kept, marked.
+    Only the key that created the event, or a train/admin key, may retract it; others get 404."""
+    any_key = bool(principal.scopes & {"train", "admin"})
+    return _json(await run_in_threadpool(feedback.retract_event, request.app.state.engine, event_id=event_id,
+                                         api_key_id=principal.key_id, any_key=any_key))

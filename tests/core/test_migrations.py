@@ -33,3 +33,30 @@ def test_upgrade_downgrade_upgrade_has_no_drift(db_url):
         assert _diff(engine) == []
     finally:
         engine.dispose()
+
+
+def test_0003_namespaces_voter_keys_and_back(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for pk, user in ((1, "u1"), (2, None), (3, "event:e9")):
+                conn.exec_driver_sql(
+                    "INSERT INTO feedback_events (id, event_id, content_hash, prompt, prompt_key, pair_key, response,"
+                    " label, user_id, created_at, received_at) VALUES (?, ?, 'h', 'p', 'k', ?, 'r', 1, ?,"
+                    " '2025-01-01', '2025-01-01')", (pk, f"e{pk}", f"pair{pk}", user))
+                conn.exec_driver_sql(
+                    "INSERT INTO votes (voter_key, pair_key, prompt_key, event_pk, label, created_at, updated_at)"
+                    " VALUES (?, ?, 'k', ?, 1, '2025-01-01', '2025-01-01')", (user or f"event:e{pk}", f"pair{pk}", pk))
+
+        def keys() -> list[str]:
+            with engine.connect() as conn:
+                return [r[0] for r in conn.exec_driver_sql("SELECT voter_key FROM votes ORDER BY event_pk")]
+
+        upgrade(url, "0003_hardening")
+        assert keys() == ["user:u1", "event:e2", "user:event:e9"]
+        downgrade(url, "0001")
+        assert keys() == ["u1", "event:e2", "event:e9"]
+    finally:
+        engine.dispose()
