@@ -299,7 +299,9 @@ def list_versions(session: Session, *, adapter_name: str) -> list[AdapterVersion
 def resolve_version(session: Session, *, adapter_name: str, version_or_alias: str | int) -> AdapterVersion:
     """An integer (or all-digit string) is a version number; anything else is an alias."""
     ref = str(version_or_alias)
-    if ref.isdigit():
+    if ref.isascii() and ref.isdecimal():  # isdigit() accepts "²", which int() refuses
+        if len(ref) > 9:
+            raise NotFound(f"adapter {adapter_name!r} has no version {ref}")
         version = int(ref)
     else:
         alias = session.get(AdapterAlias, (adapter_name, ref))

@@ -40,6 +40,8 @@ def _sqlite_begin(conn) -> None:
 
 
 def make_engine(url: str, **kwargs) -> Engine:
+    # Parameters hold prompts and responses: keep them out of error messages and logs.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
