@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="How often beat applies snapshot retention.")
     checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
+    base_model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders (JSON list) base models may be registered from, besides data_dir/models.",
+    )
     bundled_model_name: str = Field("smollm2-135m-instruct", description="Name the bundled base model gets.")
     register_bundled_model: bool = Field(True, description="Convert and register the bundled model on start.")
 
