@@ -193,7 +193,9 @@ def _votes_query(filters: SnapshotFilters, cutoff: datetime):
     if filters.model is not None:
         stmt = stmt.where(Vote.model == filters.model)
     for key, value in filters.metadata.items():
-        if isinstance(value, str):  # narrows in SQL; _tags_match decides exactly
+        # Narrows in SQL; _tags_match decides exactly. A key with a quote or backslash cannot be written
+        # as a SQLite JSON path (an error, or a path that matches nothing), so it is matched in Python only.
+        if isinstance(value, str) and not any(c in key for c in '"\\'):
             stmt = stmt.where(FeedbackEvent.metadata_[key].as_string() == value)
     return stmt
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.queue import TRAINING_QUEUE, send_task
+from api.schemas import DB_INT_MAX
 from api.schemas.jobs import JobIn, JobListOut, JobMetricOut, JobMetricsOut, JobOut, JobStatus
 from core import jobs
 from core.errors import InvalidInput
@@ -108,7 +109,7 @@ def get_job(job_id: str, session: SessionDep, _: ReadKey) -> JobOut:
 @router.get("/{job_id}/metrics", response_model=JobMetricsOut, summary="Per-step training metrics",
             responses=ERRORS)
 def get_metrics(
-    job_id: str, session: SessionDep, _: ReadKey, after_step: Annotated[int, Query(ge=0)] = 0
+    job_id: str, session: SessionDep, _: ReadKey, after_step: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0
 ) -> JobMetricsOut:
     """The history for plots: one row per optimiser step, oldest first (``after_step`` to poll)."""
     rows = jobs.list_metrics(session, job_id=job_id, after_step=after_step)
