@@ -282,6 +282,7 @@ def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | No
         "created_at": created_at,
         "received_at": now,
         "retracted_at": None,
+        "erased_at": None,
         "api_key_id": api_key_id,
     }
     voter = voter_key(event.user_id, event_id)
