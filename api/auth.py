@@ -11,20 +11,33 @@ that rare, and keep a flood of bad tokens away from the database:
   is empty, unknown tokens from that client get 429 without a lookup. Digests
   that were valid lately skip that bucket, so clients behind one proxy keep
   working while another client behind it floods bad tokens.
+
+Each key's ``last_used_at`` is written at most once per ``LAST_USED_EVERY_S``
+per process (and the UPDATE skips the row when another process wrote it
+within that time), off the request's path: a write per request would put
+every authenticated call behind SQLite's write lock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import time
+from datetime import timedelta
 
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import RateLimited, Unauthorized
-from core.keys import Principal, authenticate, hash_key
+from core.keys import Principal, authenticate, hash_key, touch_last_used
+from core.models import utcnow
 from core.settings import Settings
 
+log = logging.getLogger(__name__)
+
 AUTH_CACHE_TTL_S = 5.0
+LAST_USED_EVERY_S = 60.0
 KNOWN_GOOD_TTL_S = 600.0
 MAX_ENTRIES = 10_000
 
@@ -84,11 +97,51 @@ class FailureLimiter:
             self._buckets[client] = (self._tokens(client, now) - 1.0, now)
 
 
+class UsageRecorder:
+    """Coalesces last_used_at writes: one per key per ``every_s`` in this process, run in a thread."""
+
+    def __init__(self, session_factory, *, every_s: float = LAST_USED_EVERY_S, clock=time.monotonic) -> None:
+        self._session_factory = session_factory
+        self.every_s = every_s
+        self.clock = clock
+        self._written: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self.pending: set[asyncio.Future] = set()
+
+    def _due(self, key_id: int) -> bool:
+        now = self.clock()
+        with self._lock:
+            last = self._written.get(key_id)
+            if last is not None and now - last < self.every_s:
+                return False
+            if len(self._written) >= MAX_ENTRIES:
+                self._written.clear()
+            self._written[key_id] = now
+            return True
+
+    def _write(self, key_id: int) -> None:
+        try:
+            with self._session_factory() as session:
+                touch_last_used(session, key_id=key_id, now=utcnow(), min_interval=timedelta(seconds=self.every_s))
+                session.commit()
+        except DBAPIError as exc:  # never fail a request for bookkeeping; try again on the next one
+            log.warning("cannot record the use of key %s: %s", key_id, exc.orig)
+            with self._lock:
+                self._written.pop(key_id, None)
+
+    def seen(self, key_id: int) -> None:
+        if self._due(key_id):
+            future = asyncio.get_running_loop().run_in_executor(None, self._write, key_id)
+            self.pending.add(future)
+            future.add_done_callback(self.pending.discard)
+
+
 class Authenticator:
     """Turns a bearer token into a Principal, touching the database as rarely as possible."""
 
-    def __init__(self, settings: Settings, session_factory) -> None:
+    def __init__(self, settings: Settings, session_factory, write_session_factory=None) -> None:
         self._session_factory = session_factory
+        self.usage = UsageRecorder(write_session_factory or session_factory)
         self.accepted = TtlCache(AUTH_CACHE_TTL_S)
         self.rejected = TtlCache(settings.rejected_token_ttl_s)
         self.known_good = TtlCache(KNOWN_GOOD_TTL_S)
@@ -108,6 +161,7 @@ class Authenticator:
         digest = hash_key(token)
         cached = self.accepted.get(digest)
         if cached is not None:
+            self.usage.seen(cached.key_id)  # type: ignore[attr-defined]
             return cached  # type: ignore[return-value]
         if self.rejected.get(digest) is not None:
             raise Unauthorized("invalid or revoked API key")
@@ -121,6 +175,7 @@ class Authenticator:
             raise
         self.accepted.put(digest, principal)
         self.known_good.put(digest, True)
+        self.usage.seen(principal.key_id)
         return principal
 
 

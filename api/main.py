@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = session_factory(app.state.engine)
     app.state.read_engine = read_only(app.state.engine)
     app.state.read_session_factory = session_factory(app.state.read_engine)
-    app.state.authenticator = Authenticator(settings, app.state.read_session_factory)
+    app.state.authenticator = Authenticator(settings, app.state.read_session_factory, app.state.session_factory)
     app.state.rate_limiter = build_rate_limiter(settings)
     install_error_handlers(app)
     # Outermost of the app's own layers: nothing reads a body before it is bounded and authenticated.

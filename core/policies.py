@@ -35,6 +35,7 @@ def create_policy(
     min_interval_minutes: int = 60,
     config: dict[str, Any] | None = None,
     snapshot_options: dict[str, Any] | None = None,
+    created_by_key_id: int | None = None,
 ) -> TrainingPolicy:
     """Create a policy; flushes, the caller commits."""
     check_name(adapter_name, what="adapter")
@@ -49,6 +50,7 @@ def create_policy(
         adapter_name=adapter_name, base_model_id=base.id, min_new_feedback=min_new_feedback,
         min_interval_minutes=min_interval_minutes, config=config or {},
         snapshot_options=parse_options(snapshot_options).model_dump(mode="json"),
+        created_by_key_id=created_by_key_id,
     )
     try:
         with session.begin_nested():

@@ -250,6 +250,7 @@ def create_snapshot(
     settings: Settings,
     filters: SnapshotFilters | dict | None = None,
     options: SnapshotOptions | dict | None = None,
+    created_by_key_id: int | None = None,
 ) -> Snapshot:
     """Build a snapshot from the counted votes received up to now; flushes, the caller commits.
 
@@ -258,7 +259,7 @@ def create_snapshot(
     """
     filters, options = parse_filters(filters), parse_options(options)
     cutoff = utcnow()
-    snapshot = Snapshot(id=new_id(), status="ready", cutoff=cutoff,
+    snapshot = Snapshot(id=new_id(), status="ready", cutoff=cutoff, created_by_key_id=created_by_key_id,
                         filters=filters.model_dump(mode="json"), options=options.model_dump(mode="json"))
     final = snapshot_path(settings, snapshot)
     final.parent.mkdir(parents=True, exist_ok=True)

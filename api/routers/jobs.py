@@ -64,12 +64,12 @@ def job_out(session: Session, job: AlignmentJob) -> JobOut:
         force_publish=job.force_publish, cancel_requested=job.cancel_requested, error=job.error,
         attempts=job.attempts, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
         worker=job.worker, created_at=job.created_at, started_at=job.started_at, heartbeat_at=job.heartbeat_at,
-        finished_at=job.finished_at,
+        finished_at=job.finished_at, created_by_key_id=job.created_by_key_id,
     )
 
 
 @router.post("", status_code=202, response_model=JobOut, summary="Start an alignment job", responses=ERRORS)
-def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, _: TrainKey) -> JobOut:
+def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, principal: TrainKey) -> JobOut:
     """Queue a job: 202 with its id. Without ``snapshot_id`` the worker takes a snapshot first."""
     check_job_config(body.config, settings=settings)
     config = validate_config(body.config)
@@ -78,6 +78,7 @@ def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, _: TrainK
         config=config, snapshot_options=body.snapshot_options, options=body.options,
         force_publish=body.force_publish, max_attempts=settings.job_max_attempts,
     )
+    job.created_by_key_id = principal.key_id  # set here: jobs.create_job also serves policies and the CLI
     session.commit()
     try:
         task_id = send_task(settings, "prospect.jobs.run", args=[job.id], queue=TRAINING_QUEUE)

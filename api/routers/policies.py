@@ -33,18 +33,18 @@ def _out(session: Session, p: TrainingPolicy) -> PolicyOut:
         id=p.id, adapter=p.adapter_name, base_model=session.get(BaseModelRecord, p.base_model_id).name,
         min_new_feedback=p.min_new_feedback, min_interval_minutes=p.min_interval_minutes, config=p.config,
         snapshot_options=p.snapshot_options, enabled=p.enabled, last_job_id=p.last_job_id,
-        last_triggered_at=p.last_triggered_at, created_at=p.created_at,
+        last_triggered_at=p.last_triggered_at, created_at=p.created_at, created_by_key_id=p.created_by_key_id,
     )
 
 
 @router.post("", status_code=201, response_model=PolicyOut, summary="Create a policy", responses=ERRORS)
-def create_policy(body: PolicyIn, session: SessionDep, settings: SettingsDep, _: TrainKey) -> PolicyOut:
+def create_policy(body: PolicyIn, session: SessionDep, settings: SettingsDep, principal: TrainKey) -> PolicyOut:
     """``config`` is stored as given (within the server's job limits) and validated by each job it starts."""
     check_job_config(body.config, settings=settings)
     p = policies.create_policy(
         session, adapter_name=body.adapter, base_model_name=body.base_model, min_new_feedback=body.min_new_feedback,
         min_interval_minutes=body.min_interval_minutes, config=body.config,
-        snapshot_options=body.snapshot_options.model_dump(),
+        snapshot_options=body.snapshot_options.model_dump(), created_by_key_id=principal.key_id,
     )
     session.commit()
     return _out(session, p)

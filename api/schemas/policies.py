@@ -33,4 +33,5 @@ class PolicyOut(BaseModel):
     enabled: bool
     last_job_id: str | None
     last_triggered_at: datetime | None
+    created_by_key_id: int | None = Field(None, description="The API key that created it.")
     created_at: datetime
