@@ -10,7 +10,7 @@ from api.auth import Authenticator
 from api.errors import install_error_handlers
 from api.guard import GuardMiddleware
 from api.ratelimit import build_rate_limiter
-from api.routers import adapters, base_models, feedback, health, jobs, policies, snapshots
+from api.routers import adapters, base_models, feedback, health, jobs, policies, snapshots, users
 from core.db import get_engine, read_only, session_factory
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
@@ -45,4 +45,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(snapshots.router)
     app.include_router(adapters.router)
     app.include_router(policies.router)
+    app.include_router(users.router)
     return app
