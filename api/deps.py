@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
@@ -11,20 +9,23 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from core.keys import Principal, authenticate, hash_key
+from api.auth import Authenticator, bearer_token
+from core.keys import Principal
 from core.settings import Settings
-
-# Authenticated keys are cached briefly so a hot ingestion path does not pay a
-# key lookup per request; a revoked key stops working within this many seconds.
-AUTH_CACHE_TTL_S = 5.0
 
 
 def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.session_factory() as session:
+    """GET and HEAD get a read-only session (no SQLite write lock); routes that stream close it first."""
+    state = request.app.state
+    factory = state.read_session_factory if request.method in READ_METHODS else state.session_factory
+    with factory() as session:
         yield session
 
 
@@ -32,59 +33,23 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-class AuthCache:
-    def __init__(self, ttl_s: float = AUTH_CACHE_TTL_S) -> None:
-        self.ttl_s = ttl_s
-        self._items: dict[str, tuple[float, Principal]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> Principal | None:
-        with self._lock:
-            item = self._items.get(digest)
-        if item and item[0] > time.monotonic():
-            return item[1]
-        return None
-
-    def put(self, digest: str, principal: Principal) -> None:
-        with self._lock:
-            if len(self._items) > 10_000:
-                self._items.clear()
-            self._items[digest] = (time.monotonic() + self.ttl_s, principal)
-
-
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def _authenticate(request: Request, token: str | None) -> Principal:
-    with request.app.state.session_factory() as session:
-        return authenticate(session, plaintext=token)
-
-
 async def current_principal(request: Request) -> Principal:
-    """The caller's key. Cache hits cost no thread hop and no database round trip."""
-    token = _bearer(request)
-    if not token:
-        return _authenticate(request, None)  # raises Unauthorized
-    cache: AuthCache = request.app.state.auth_cache
-    digest = hash_key(token)
-    cached = cache.get(digest)
-    if cached is not None:
-        return cached
-    principal = await run_in_threadpool(_authenticate, request, token)
-    cache.put(digest, principal)
+    """The caller's key, authenticated by the guard middleware before the body was read."""
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is None:  # a route outside /v1/ that wants a key
+        client = request.client.host if request.client else "unknown"
+        authenticator: Authenticator = request.app.state.authenticator
+        principal = await authenticator.authenticate(bearer_token(request.headers.get("authorization", "")), client)
     return principal
 
 
-def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
+def require_scope(scope: str, *alternatives: str) -> Callable[..., Awaitable[Principal]]:
+    """The key must hold ``scope`` (or one of ``alternatives``; admin implies all)."""
     # Async so the hot path (cached key, in-process bucket) stays on the event loop.
     async def dependency(request: Request) -> Principal:
         principal = await current_principal(request)
-        principal.require(scope)
+        if not principal.scopes & set(alternatives):
+            principal.require(scope)
         limiter = request.app.state.rate_limiter
         if limiter is not None:
             if getattr(limiter, "blocking", False):
@@ -100,4 +65,5 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
 IngestKey = Annotated[Principal, Depends(require_scope("ingest"))]
 ReadKey = Annotated[Principal, Depends(require_scope("read"))]
 TrainKey = Annotated[Principal, Depends(require_scope("train"))]
+RetractKey = Annotated[Principal, Depends(require_scope("ingest", "train"))]
 AdminKey = Annotated[Principal, Depends(require_scope("admin"))]

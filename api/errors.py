@@ -52,7 +52,7 @@ def error_body(message: str, details=None) -> dict:
     return body
 
 
-async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+async def domain_error(_: Request | None, exc: DomainError) -> JSONResponse:
     status = status_for(exc)
     headers = {}
     if isinstance(exc, RateLimited | Unavailable):
@@ -62,22 +62,67 @@ async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
     return JSONResponse(error_body(exc.message, jsonable_encoder(exc.details)), status_code=status, headers=headers)
 
 
-def _is_connectivity_error(exc: DBAPIError) -> bool:
-    if isinstance(exc, OperationalError) or exc.connection_invalidated:
-        return True
-    return "connection" in str(exc.orig).lower()
+# SQLite primary result codes that mean "the database cannot serve now", not "this request is wrong".
+SQLITE_UNAVAILABLE = {5: "busy", 6: "locked", 7: "out of memory", 8: "read-only", 10: "I/O error", 13: "disk full",
+                      14: "cannot open", 15: "lock protocol"}
+# ... and those that mean the request's values cannot be stored or compared.
+SQLITE_BAD_VALUE = {18: "value too big", 20: "datatype mismatch", 25: "parameter out of range"}
+# Postgres SQLSTATE classes and codes that mean unavailable: connection, resources, shutdown, lock or
+# serialization failures, statement timeout. Class 22 (data exception) is the request's fault.
+PG_UNAVAILABLE_CLASSES = ("08", "53", "58")
+PG_UNAVAILABLE_CODES = {"57P01", "57P02", "57P03", "57014", "40001", "40P01", "55P03"}
 
 
-async def _database_error(_: Request, exc: DBAPIError) -> JSONResponse:
-    if _is_connectivity_error(exc):
-        log.warning("database unavailable: %s", exc.orig)
+def classify_database_error(exc: DBAPIError) -> tuple[int, str]:
+    """(HTTP status, what to tell the client) from the driver's error code, never from the class name alone."""
+    orig = exc.orig
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if exc.connection_invalidated:
+        return 503, "unavailable"
+    if sqlite_code is not None:
+        primary = sqlite_code & 0xFF
+        if primary in SQLITE_UNAVAILABLE:
+            return 503, SQLITE_UNAVAILABLE[primary]
+        if primary in SQLITE_BAD_VALUE:
+            return 422, SQLITE_BAD_VALUE[primary]
+        if primary == 1 and "json" in str(orig).lower():  # bad JSON path / malformed JSON: from the request
+            return 422, "invalid JSON path or value"
+        return 500, "error"
+    if sqlstate:
+        if sqlstate[:2] in PG_UNAVAILABLE_CLASSES or sqlstate in PG_UNAVAILABLE_CODES:
+            return 503, f"unavailable (SQLSTATE {sqlstate})"
+        if sqlstate.startswith("22"):
+            return 422, f"invalid value (SQLSTATE {sqlstate})"
+        if sqlstate.startswith("23"):
+            return 409, f"conflict (SQLSTATE {sqlstate})"
+        return 500, f"error (SQLSTATE {sqlstate})"
+    # No code: a driver that could not reach the server at all (psycopg's connection failures).
+    return (503, "unavailable") if isinstance(exc, OperationalError) else (500, "error")
+
+
+async def database_error(_: Request | None, exc: DBAPIError) -> JSONResponse:
+    status, reason = classify_database_error(exc)
+    if status == 503:
+        log.warning("database unavailable (%s): %s", reason, exc.orig)
         return JSONResponse(
             error_body("the database is unavailable; nothing was written, retry later"),
             status_code=503,
             headers={"Retry-After": str(DB_RETRY_AFTER_S)},
         )
+    if status == 422:
+        log.info("database refused a value of the request: %s", reason)
+        return JSONResponse(error_body(f"the database refused a value of the request: {reason}"), status_code=422)
+    if status == 409:
+        return JSONResponse(error_body(f"the request conflicts with stored data: {reason}"), status_code=409)
     log.exception("database error")
     return JSONResponse(error_body("internal database error"), status_code=500)
+
+
+async def number_out_of_range(_: Request | None, exc: OverflowError) -> JSONResponse:
+    # sqlite3 raises a bare OverflowError for an integer past 64 bits, before any SQL runs.
+    log.info("number out of range: %s", exc)
+    return JSONResponse(error_body("a number in the request is out of range"), status_code=422)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -90,6 +135,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(DomainError, _domain_error)
-    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(DomainError, domain_error)
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(OverflowError, number_out_of_range)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -6,8 +6,9 @@ import logging
 
 from fastapi import FastAPI
 
-from api.deps import AuthCache
+from api.auth import Authenticator
 from api.errors import install_error_handlers
+from api.guard import GuardMiddleware
 from api.ratelimit import build_rate_limiter
 from api.routers import (
     adapters,
@@ -19,8 +20,9 @@ from api.routers import (
     policies,
     serving_targets,
     snapshots,
+    users,
 )
-from core.db import get_engine, session_factory
+from core.db import get_engine, read_only, session_factory
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
 
@@ -39,9 +41,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = get_engine(settings)
     app.state.session_factory = session_factory(app.state.engine)
-    app.state.auth_cache = AuthCache()
+    app.state.read_engine = read_only(app.state.engine)
+    app.state.read_session_factory = session_factory(app.state.read_engine)
+    app.state.authenticator = Authenticator(settings, app.state.read_session_factory, app.state.session_factory)
     app.state.rate_limiter = build_rate_limiter(settings)
     install_error_handlers(app)
+    # Outermost of the app's own layers: nothing reads a body before it is bounded and authenticated.
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes,
+                       authenticator=app.state.authenticator)
     app.include_router(health.router)
     app.include_router(feedback.router)
     app.include_router(jobs.router)
@@ -51,4 +58,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(policies.router)
     app.include_router(live.router)
     app.include_router(serving_targets.router)
+    app.include_router(users.router)
     return app

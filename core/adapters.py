@@ -38,9 +38,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core import outbox
 from core.base_models import check_name, file_sha256
@@ -306,7 +307,9 @@ def list_versions(session: Session, *, adapter_name: str) -> list[AdapterVersion
 def resolve_version(session: Session, *, adapter_name: str, version_or_alias: str | int) -> AdapterVersion:
     """An integer (or all-digit string) is a version number; anything else is an alias."""
     ref = str(version_or_alias)
-    if ref.isdigit():
+    if ref.isascii() and ref.isdecimal():  # isdigit() accepts "²", which int() refuses
+        if len(ref) > 9:
+            raise NotFound(f"adapter {adapter_name!r} has no version {ref}")
         version = int(ref)
     else:
         alias = session.get(AdapterAlias, (adapter_name, ref))
@@ -439,6 +442,20 @@ def iter_tarball(settings: Settings, version: AdapterVersion) -> Iterator[bytes]
     end = 2 * _TAR_BLOCK
     end += -(written + end) % _TAR_RECORD
     yield gz.compress(b"\0" * end) + gz.flush()
+
+
+def ensure_tarball_sha256(engine: Engine, *, settings: Settings, version: AdapterVersion) -> str:
+    """Like ``tarball_sha256``, for callers without a write transaction: the tarball is hashed outside any
+    transaction, then one short UPDATE stores it (the same bytes, whoever wins a race)."""
+    if version.tarball_sha256 is None:
+        digest = hashlib.sha256()
+        for chunk in iter_tarball(settings, version):
+            digest.update(chunk)
+        with engine.begin() as conn:
+            conn.execute(update(AdapterVersion).where(AdapterVersion.id == version.id)
+                         .values(tarball_sha256=digest.hexdigest()))
+        set_committed_value(version, "tarball_sha256", digest.hexdigest())  # not dirty: nothing to flush
+    return version.tarball_sha256
 
 
 def tarball_sha256(session: Session, *, settings: Settings, version: AdapterVersion) -> str:

@@ -1,14 +1,22 @@
 """Base models: the pinned reference pi_ref of every job.
 
-A base model is a name, the folder it lives in and the sha256 of its weight
-files. A job calls :func:`verify_base_model` before it trains, so weights that
-changed on disk after registration fail the job instead of silently moving
-the reference.
+A base model is a name, the folder it lives in and the sha256 of every file
+transformers loads from it. A job calls :func:`verify_base_model` before it
+trains, so a file that changed, appeared or vanished after registration fails
+the job instead of silently moving the reference.
 
-The weight hash is the one ``alignment.hashing`` computes (core may not import
-alignment/, so the few lines live here too): the sha256 of what
-``sha256sum`` prints for the weight files, sorted by relative path, so anyone
-can check it with ``cd folder && sha256sum *.safetensors | sha256sum``.
+What is pinned (``loaded_files``): the top-level ``*.safetensors`` weights
+(required: jobs load with ``use_safetensors=True``, so a pickle beside them is
+never read), their ``*.safetensors.index.json``, ``config.json``,
+``generation_config.json``, the tokenizer files and the chat templates
+(``chat_template.jinja``/``.json``, ``additional_chat_templates/*.jinja``).
+``sha256`` stays the weights-only digest (what ``cd folder && sha256sum
+*.safetensors | sha256sum`` prints); ``files`` maps each pinned file to its own
+sha256.
+
+Registration is confined to the models folder (``settings.models_dir``) and
+the folders listed in ``PROSPECT_BASE_MODEL_DIRS``, and hashes before it opens
+a database transaction: hashing a large model takes minutes.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -33,14 +42,31 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 NAME_RULE = "1-100 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
 
-# A folder with safetensors is pinned by those only (a stray .bin beside them is
-# not what transformers loads); otherwise PyTorch pickles, otherwise GGUF.
-WEIGHT_PATTERNS = (("*.safetensors",), ("*.bin", "*.pt", "*.pth"), ("*.gguf",))
+# Besides the weights, what AutoConfig / AutoTokenizer / GenerationConfig read from a local folder.
+LOADED_NAMES = frozenset({
+    "config.json", "generation_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+    "chat_template.jinja", "chat_template.json",
+})
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+# What a hub download fetches: the pinned files, never pickles or custom code.
+DOWNLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", *sorted(LOADED_NAMES), f"{CHAT_TEMPLATE_DIR}/*"]
 _CHUNK = 1 << 20
 
 
 class BaseModelTampered(Conflict):
-    """The weights of a registered base model are missing or changed on disk."""
+    """A pinned file of a registered base model is missing, added or changed on disk."""
+
+
+@dataclass(frozen=True)
+class PinnedModel:
+    """A model folder and the sha256 of what is loaded from it (computed without a database)."""
+
+    folder: Path
+    sha256: str  # weights only
+    files: dict[str, str]  # every pinned file, by path relative to the folder
+    architecture: str | None
 
 
 def check_name(value: str, *, what: str) -> str:
@@ -58,22 +84,46 @@ def file_sha256(path: Path) -> str:
 
 
 def weight_files(path: Path) -> list[Path]:
-    """The weight files of a model folder, sorted by relative path (FileNotFoundError when none)."""
+    """The top-level ``*.safetensors`` of a model folder, sorted (FileNotFoundError when none)."""
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    for patterns in WEIGHT_PATTERNS:
-        found = {p for pattern in patterns for p in root.rglob(pattern) if p.is_file()}
-        if found:
-            return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-    raise FileNotFoundError(f"no weight files (*.safetensors, *.bin, *.pt, *.gguf) under {root}")
+    found = sorted(p for p in root.glob("*.safetensors") if p.is_file())
+    if not found:
+        raise FileNotFoundError(
+            f"no top-level *.safetensors in {root}: only safetensors weights are loaded "
+            "(convert pickles with `model.save_pretrained(folder, safe_serialization=True)`)"
+        )
+    return found
+
+
+def loaded_files(path: Path) -> list[Path]:
+    """Every file a job loads from ``path``: the weights, their index, config, tokenizer, templates."""
+    root = Path(path)
+    found = set(weight_files(root))
+    found |= {p for p in root.iterdir() if p.is_file() and (p.name in LOADED_NAMES
+                                                              or p.name.endswith(".safetensors.index.json"))}
+    templates = root / CHAT_TEMPLATE_DIR
+    if templates.is_dir():
+        found |= {p for p in templates.glob("*.jinja") if p.is_file()}
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _listing_sha256(hashes: dict[str, str]) -> str:
+    listing = "".join(f"{sha}  {name}\n" for name, sha in sorted(hashes.items()))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def file_hashes(path: Path) -> dict[str, str]:
+    """sha256 of every loaded file of ``path``, by relative path, streamed in 1 MiB chunks."""
+    root = Path(path)
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in loaded_files(root)}
 
 
 def weights_sha256(path: Path) -> str:
-    """sha256 over the names and bytes of the weight files of ``path``, streamed in 1 MiB chunks."""
+    """sha256 over the names and hashes of the top-level safetensors (``sha256sum *.safetensors | sha256sum``)."""
     root = Path(path)
-    listing = "".join(f"{file_sha256(p)}  {p.relative_to(root).as_posix()}\n" for p in weight_files(root))
-    return hashlib.sha256(listing.encode()).hexdigest()
+    return _listing_sha256({p.name: file_sha256(p) for p in weight_files(root)})
 
 
 def _architecture(folder: Path) -> str | None:
@@ -88,6 +138,21 @@ def _architecture(folder: Path) -> str | None:
     return archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
 
 
+def allowed_roots(settings: Settings) -> list[Path]:
+    return [settings.models_dir, *(Path(d).expanduser().resolve() for d in settings.base_model_dirs)]
+
+
+def _check_allowed(folder: Path, settings: Settings, source: str) -> None:
+    """``folder`` (symlinks resolved) must lie under the models folder or an allowed folder."""
+    roots = allowed_roots(settings)
+    if not any(folder == root or folder.is_relative_to(root) for root in roots):
+        raise InvalidInput(
+            f"{source} is outside the folders base models may be registered from "
+            f"({', '.join(str(r) for r in roots)}); move it under the models folder or add its parent "
+            "to PROSPECT_BASE_MODEL_DIRS"
+        )
+
+
 def _download(settings: Settings, *, name: str, source: str, revision: str | None) -> Path:
     """Download a hub model into settings.models_dir/<name>; Unavailable when there is no network."""
     from huggingface_hub import snapshot_download  # lazy: only a named hub model needs it
@@ -96,7 +161,7 @@ def _download(settings: Settings, *, name: str, source: str, revision: str | Non
     target = settings.models_dir / name
     log.info("downloading %s (revision %s) into %s", source, revision or "default", target)
     try:
-        return Path(snapshot_download(source, revision=revision, local_dir=target))
+        return Path(snapshot_download(source, revision=revision, local_dir=target, allow_patterns=DOWNLOAD_PATTERNS))
     except RepositoryNotFoundError as exc:
         raise InvalidInput(f"no model {source!r} on the Hugging Face Hub (or it is private)") from exc
     except LocalEntryNotFoundError as exc:
@@ -108,26 +173,16 @@ def _download(settings: Settings, *, name: str, source: str, revision: str | Non
         raise Unavailable(f"cannot download {source!r} from the Hugging Face Hub: {exc}") from exc
 
 
-def register_base_model(
-    session: Session,
-    *,
-    settings: Settings,
-    name: str,
-    source: str,
-    revision: str | None = None,
-    allow_download: bool = True,
-) -> BaseModelRecord:
-    """Register a local model folder, or download a hub id (``org/model``) first.
+def pin_model_folder(
+    settings: Settings, *, name: str, source: str, revision: str | None = None, allow_download: bool = True
+) -> PinnedModel:
+    """Resolve ``source`` (a folder under an allowed root, or a hub id to download) and hash what is loaded.
 
-    The folder must hold config.json and weight files; their sha256 is stored.
-    A local folder is used in place (not copied). Flushes; the caller commits.
-    """
-    check_name(name, what="base model")
-    if get_base_model_or_none(session, name=name) is not None:
-        raise Conflict(f"a base model named {name!r} is already registered; choose another name")
+    Touches no database: a caller hashes first, then opens its transaction."""
     local = Path(source).expanduser()
     if local.is_dir():
         folder = local.resolve()
+        _check_allowed(folder, settings, source)
     elif local.exists():
         raise InvalidInput(f"{source} is a file; give the model folder that holds config.json and the weights")
     elif source.startswith((".", "/", "~")) or source.count("/") != 1:
@@ -140,31 +195,70 @@ def register_base_model(
         folder = _download(settings, name=name, source=source, revision=revision)
     architecture = _architecture(folder)
     try:
-        sha = weights_sha256(folder)
+        files = file_hashes(folder)
     except FileNotFoundError as exc:
         raise InvalidInput(str(exc)) from exc
+    weights = {n: sha for n, sha in files.items() if "/" not in n and n.endswith(".safetensors")}
+    return PinnedModel(folder=folder, sha256=_listing_sha256(weights), files=files, architecture=architecture)
+
+
+def register_base_model(
+    session: Session,
+    *,
+    settings: Settings,
+    name: str,
+    source: str,
+    revision: str | None = None,
+    allow_download: bool = True,
+    created_by_key_id: int | None = None,
+) -> BaseModelRecord:
+    """Register a local model folder, or download a hub id (``org/model``) first.
+
+    The folder must hold config.json and top-level safetensors; the sha256 of every loaded file is
+    stored. A local folder is used in place (not copied). ``session`` must have no pending changes:
+    its transaction is ended before hashing. Flushes; the caller commits.
+    """
+    check_name(name, what="base model")
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("register_base_model needs a session without pending changes")
+    if get_base_model_or_none(session, name=name) is not None:
+        raise Conflict(f"a base model named {name!r} is already registered; choose another name")
+    # End the read: hashing (or downloading) takes minutes and must not hold SQLite's write lock.
+    session.rollback()
+    pinned = pin_model_folder(settings, name=name, source=source, revision=revision, allow_download=allow_download)
     record = BaseModelRecord(
-        name=name, source=source, revision=revision, path=str(folder), sha256=sha, architecture=architecture
+        name=name, source=source, revision=revision, path=str(pinned.folder), sha256=pinned.sha256,
+        files=pinned.files, architecture=pinned.architecture, created_by_key_id=created_by_key_id,
     )
     try:
         with session.begin_nested():
             session.add(record)
     except IntegrityError as exc:
         raise Conflict(f"a base model named {name!r} is already registered; choose another name") from exc
-    log.info("registered base model %s at %s (sha256 %s)", name, folder, sha)
+    log.info("registered base model %s at %s (sha256 %s, %d files pinned)", name, pinned.folder, pinned.sha256,
+             len(pinned.files))
     return record
 
 
 def verify_base_model(record: BaseModelRecord) -> None:
-    """Raise BaseModelTampered when the weights are missing or their sha256 changed."""
+    """Raise BaseModelTampered when a pinned file is missing, changed or added."""
     hint = f"re-register it under a new name (`prospect models add NEW_NAME {record.path}`) if the change is intended"
+    folder = Path(record.path)
     try:
-        actual = weights_sha256(Path(record.path))
-    except FileNotFoundError as exc:
+        if record.files is None:  # registered before every loaded file was pinned: the weights only
+            log.warning("base model %s pins its weights only; re-register it to pin config and tokenizer", record.name)
+            expected, actual = {"weights": record.sha256}, {"weights": weights_sha256(folder)}
+        else:
+            expected, actual = record.files, file_hashes(folder)
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise BaseModelTampered(f"base model {record.name!r} is missing on disk: {exc}; {hint}") from exc
-    if actual != record.sha256:
+    changed = sorted(n for n in expected.keys() | actual.keys() if expected.get(n) != actual.get(n))
+    if changed:
+        what = {n: "missing" if n not in actual else "added" if n not in expected else "changed" for n in changed}
+        detail = ", ".join(f"{n} {w}" for n, w in what.items())
         raise BaseModelTampered(
-            f"base model {record.name!r} changed on disk: sha256 expected {record.sha256} got {actual}; {hint}"
+            f"base model {record.name!r} changed on disk: sha256 expected {_listing_sha256(expected)} "
+            f"got {_listing_sha256(actual)} ({detail}); {hint}"
         )
 
 

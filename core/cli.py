@@ -87,10 +87,11 @@ def keys_list() -> None:
     """List API keys (never their secrets)."""
     with session_scope(get_engine()) as session:
         rows = keys_mod.list_keys(session)
-    table = Table("id", "name", "prefix", "scopes", "created", "revoked")
+    table = Table("id", "name", "prefix", "scopes", "created", "last used (±1 min)", "revoked")
     for r in rows:
         table.add_row(
             str(r.id), r.name, r.prefix + "…", r.scopes, r.created_at.isoformat(timespec="seconds"),
+            r.last_used_at.isoformat(timespec="seconds") if r.last_used_at else "",
             r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "",
         )
     Console().print(table)

@@ -7,6 +7,7 @@ command on the server, which may download a hub model). ``snapshots`` and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tarfile
@@ -145,6 +146,31 @@ def adapters_list(
     Console().print(table)
 
 
+class _HashingWriter:
+    """Writes to ``fh`` and hashes what it wrote."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def write(self, chunk: bytes) -> int:
+        self.digest.update(chunk)
+        return self.fh.write(chunk)
+
+
+def _checked_download(headers, digest: str, *, asked: str) -> int:
+    """The version number from the server's headers, refused unless it is a plain number (it names a local
+    file: a hostile server must not write outside the folder) and the bytes match the ETag (their sha256)."""
+    raw = headers.get("x-adapter-version", "")
+    if not (raw.isascii() and raw.isdecimal() and len(raw) <= 10) or int(raw) < 1:
+        raise ValueError(f"the server sent an invalid X-Adapter-Version {raw[:40]!r}")
+    if asked.isdecimal() and int(asked) != int(raw):
+        raise ValueError(f"asked for version {asked}, the server sent version {raw}")
+    etag = headers.get("etag", "").removeprefix("W/").strip('"')
+    if etag != digest:
+        raise ValueError(f"the download's sha256 {digest} does not match the ETag {etag[:80]!r}: corrupt or altered")
+    return int(raw)
+
+
 @adapters_app.command("download")
 def adapters_download(
     name: Annotated[str, typer.Argument(help="Adapter name.")],
@@ -152,22 +178,30 @@ def adapters_download(
     out: Annotated[Path, typer.Option(help="Folder to write into.")] = Path("."),
     extract: Annotated[bool, typer.Option(help="Unpack the .tar.gz (a <name>-v<N>/ folder).")] = True,
 ) -> None:
-    """Download a version as .tar.gz (and unpack it): ready for PEFT or vLLM --lora-modules."""
+    """Download a version as .tar.gz (and unpack it): ready for PEFT or vLLM --lora-modules.
+
+    The sha256 of the bytes must equal the ETag, or nothing is kept."""
+    try:
+        base_models.check_name(name, what="adapter")
+    except DomainError as exc:
+        _fail(exc.message)
     out.mkdir(parents=True, exist_ok=True)
-    partial = out / f".{name}-{version}.tar.gz.part"
+    partial = out / f".{name}-download.tar.gz.part"
     try:
         with open(partial, "wb") as fh:
-            resp = _client().stream_to(f"/v1/adapters/{name}/versions/{version}/download", fh)
-    except ApiError as exc:
+            writer = _HashingWriter(fh)
+            resp = _client().stream_to(f"/v1/adapters/{name}/versions/{version}/download", writer)
+        number = _checked_download(resp.headers, writer.digest.hexdigest(), asked=version)
+    except (ApiError, ValueError) as exc:
         partial.unlink(missing_ok=True)
-        _fail(exc.message)
-    tarball = out / f"{name}-v{resp.headers['x-adapter-version']}.tar.gz"
+        _fail(exc.message if isinstance(exc, ApiError) else str(exc))
+    tarball = out / f"{name}-v{number}.tar.gz"
     partial.replace(tarball)
     if not extract:
-        console.print(f"wrote {tarball} (sha256 {resp.headers['etag'].strip(chr(34))})")
+        console.print(f"wrote {tarball} (sha256 {writer.digest.hexdigest()})")
         return
     with tarfile.open(tarball, "r:gz") as tar:
-        tar.extractall(out, filter="data")
+        tar.extractall(out, filter="data")  # no member may land outside ``out``
     tarball.unlink()
     console.print(f"wrote {out / tarball.name.removesuffix('.tar.gz')}")
 

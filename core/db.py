@@ -26,13 +26,22 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+READ_ONLY = "prospect_read_only"
+
+
 def _sqlite_begin(conn) -> None:
     # BEGIN IMMEDIATE takes the write lock up front, so two writers queue on the
     # busy timeout instead of one failing on lock upgrade mid-transaction.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Readers (see read_only) take no lock at all: WAL gives them a snapshot.
+    if conn.get_execution_options().get(READ_ONLY):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, **kwargs) -> Engine:
+    # Parameters hold prompts and responses: keep them out of error messages and logs.
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
@@ -55,6 +64,12 @@ def _engine_for(url: str) -> Engine:
 
 def get_engine(settings: Settings | None = None) -> Engine:
     return _engine_for((settings or get_settings()).sqlalchemy_url)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine and pool for work that never writes: on SQLite its transactions take no write lock,
+    so a reader that stays open (a slow download) never stalls ingestion."""
+    return engine.execution_options(**{READ_ONLY: True})
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

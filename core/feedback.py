@@ -7,7 +7,7 @@ Rules (shared with snapshots, see ``core/models.py``):
   (prompt/messages, response, label, ids, model, metadata, created_at when the
   client gave one). The same id with the same hash is a duplicate (no write);
   with another hash a conflict.
-- ``votes`` holds the counted vote per (voter, pair): voter = ``user_id`` or
+- ``votes`` holds the counted vote per (voter, pair): voter = ``user:<user_id>`` or
   ``event:<event_id>``; pair = sha256 of the canonical (prompt, response). A
   newer event of the same voter on the same pair (by ``created_at``; ties go
   to the later arrival) moves the row; retracting the event a row points at
@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -33,7 +32,7 @@ from sqlalchemy import JSON, Connection, Engine, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from core import attribution
-from core.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge
+from core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from core.models import FeedbackEvent, Vote, utcnow
 from core.settings import Settings
 
@@ -44,10 +43,11 @@ ROLES = ("system", "user", "assistant")
 LABELS = {"up": True, "down": False}
 ID_MAX_CHARS = 200
 # Ids travel in URL paths (GET/DELETE /v1/feedback/{event_id}): keep them path-safe.
-EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._~:@+=-]{1,200}$")
+EVENT_ID_RE = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")  # fullmatch: "$" would let "abc\n" through
 # These names are routes under /v1/feedback/, so they cannot be event ids.
 RESERVED_EVENT_IDS = frozenset({"batch", "stats", "export", "import"})
 EXPORT_CHUNK_ROWS = 1000
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 Status = Literal["created", "duplicate", "conflict", "invalid"]
 
@@ -197,12 +197,15 @@ def pair_key(prompt: str | list[dict[str, Any]], response: str) -> str:
 def validate_event(event: EventInput, limits: Limits) -> None:
     """Enforce the domain rules; raises InvalidInput (422) or PayloadTooLarge (413) naming the field."""
     if event.event_id is not None:
-        if not isinstance(event.event_id, str) or not EVENT_ID_RE.match(event.event_id):
+        if not isinstance(event.event_id, str) or not EVENT_ID_RE.fullmatch(event.event_id):
             raise _bad("event_id", f"must be 1 to {ID_MAX_CHARS} characters out of A-Z a-z 0-9 . _ ~ : @ + = -")
         if event.event_id in RESERVED_EVENT_IDS:
             raise _bad("event_id", f"'{event.event_id}' is reserved")
     if event.label not in LABELS:
         raise _bad("label", "must be 'up' or 'down'")
+    if event.created_at is not None and _utc(event.created_at) > utcnow() + MAX_CLOCK_SKEW:
+        # A vote dated far ahead would win every later re-vote of its voter for ever.
+        raise _bad("created_at", f"is more than {MAX_CLOCK_SKEW.seconds // 60} minutes in the future")
     if (event.prompt is None) == (event.messages is None):
         raise _bad("prompt", "give exactly one of 'prompt' (text) or 'messages' (a chat), not both or neither")
     if event.prompt is not None:
@@ -256,9 +259,15 @@ def content_hash(event: EventInput) -> str:
     )
 
 
+def voter_key(user_id: str | None, event_id: str) -> str:
+    """Namespaced, so a user_id such as "event:x" cannot share an anonymous event's key."""
+    return f"user:{user_id}" if user_id is not None else f"event:{event_id}"
+
+
 def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | None, now: datetime) -> _Prepared:
     validate_event(event, limits)
-    event_id = event.event_id or uuid.uuid4().hex
+    # Without an id the content names the event, so a retried request is a duplicate, not a second vote.
+    event_id = event.event_id or "auto-" + content_hash(event)[:40]
     prompt = event.prompt if event.prompt is not None else event.messages
     created_at = _utc(event.created_at) if event.created_at else now
     adapter, adapter_version = attribution.resolve(adapter=event.adapter, adapter_version=event.adapter_version,
@@ -282,9 +291,10 @@ def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | No
         "created_at": created_at,
         "received_at": now,
         "retracted_at": None,
+        "erased_at": None,
         "api_key_id": api_key_id,
     }
-    voter = event.user_id if event.user_id is not None else f"event:{event_id}"
+    voter = voter_key(event.user_id, event_id)
     return _Prepared(index, row, voter)
 
 
@@ -481,13 +491,19 @@ def _ingest_items(
     return [r for r in results if r is not None]
 
 
-def retract_event(engine: Engine, *, event_id: str) -> dict[str, Any]:
-    """Mark the event retracted (idempotent) and drop the counted vote that points at it."""
+def retract_event(
+    engine: Engine, *, event_id: str, api_key_id: int | None = None, any_key: bool = True
+) -> dict[str, Any]:
+    """Mark the event retracted (idempotent) and drop the counted vote that points at it.
+
+    Unless ``any_key``, only the key that created the event may retract it; for any other key the event
+    does not exist (404), so ids cannot be probed."""
     with engine.begin() as conn:
         row = conn.execute(
-            select(EVENTS.c.id, EVENTS.c.retracted_at).where(EVENTS.c.event_id == event_id).with_for_update()
+            select(EVENTS.c.id, EVENTS.c.retracted_at, EVENTS.c.api_key_id)
+            .where(EVENTS.c.event_id == event_id).with_for_update()
         ).first()
-        if row is None:
+        if row is None or (not any_key and row.api_key_id != api_key_id):
             raise NotFound(f"no feedback event with event_id '{event_id}'")
         retracted_at = row.retracted_at
         if retracted_at is None:
@@ -603,26 +619,6 @@ def iter_kto_jsonl(
 # --------------------------------------------------------------------------- import
 
 
-def decode_records(body: bytes) -> list[tuple[int, Any]]:
-    """JSONL (one object per line) or a JSON list, as (line or index, value); bad lines carry a DomainError."""
-    text = body.lstrip()
-    if text.startswith(b"["):
-        try:
-            values = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise _bad("body", f"is not valid JSON: {exc}") from None
-        return list(enumerate(values, start=1))
-    out: list[tuple[int, Any]] = []
-    for n, line in enumerate(body.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((n, orjson.loads(line)))
-        except orjson.JSONDecodeError as exc:
-            out.append((n, _bad(f"line {n}", f"is not valid JSON: {exc}")))
-    return out
-
-
 def _prompt_fields(prompt: Any) -> dict[str, Any]:
     if isinstance(prompt, list):
         return {"messages": prompt}
@@ -669,46 +665,3 @@ def _record_events(record: Any, model: str | None) -> list[EventInput]:
 
 
 MAX_IMPORT_ERRORS = 50
-
-
-def import_records(
-    engine: Engine,
-    *,
-    records: Iterable[tuple[int, Any]],
-    limits: Limits = Limits(),
-    model: str | None = None,
-    api_key_id: int | None = None,
-    adapter: str | None = None,
-    adapter_version: int | None = None,
-) -> ImportSummary:
-    """Import decoded records (see ``decode_records``) in one transaction; returns counts and the first errors.
-
-    ``model``, ``adapter`` and ``adapter_version`` apply to every event of the import."""
-    if adapter is not None or adapter_version is not None:  # a bad pair fails the import, not every row
-        attribution.resolve(adapter=adapter, adapter_version=adapter_version, model=model)
-    summary = ImportSummary()
-    items: list[EventInput | InvalidItem] = []
-    lines: list[int] = []
-    for line, record in records:
-        summary.rows += 1
-        try:
-            if isinstance(record, DomainError):
-                raise record
-            events = _record_events(record, model)
-        except DomainError as exc:
-            items.append(InvalidItem(exc.message))
-            lines.append(line)
-            continue
-        for e in events:
-            e.adapter, e.adapter_version = adapter, adapter_version
-        items.extend(events)
-        lines.extend([line] * len(events))
-    with engine.begin() as conn:
-        results = _ingest_items(conn, items, limits, api_key_id)
-    for line, r in zip(lines, results, strict=True):
-        setattr(summary, r.status, getattr(summary, r.status) + 1)
-        if r.status != "invalid":
-            summary.events += 1
-        if r.error and len(summary.errors) < MAX_IMPORT_ERRORS:
-            summary.errors.append({"line": line, "status": r.status, "message": r.error})
-    return summary

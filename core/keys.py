@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
@@ -72,6 +73,16 @@ def revoke_key(session: Session, *, key_id: int) -> ApiKey:
     if row.revoked_at is None:
         row.revoked_at = utcnow()
     return row
+
+
+def touch_last_used(session: Session, *, key_id: int, now: datetime, min_interval: timedelta) -> bool:
+    """Set the key's last_used_at unless another process did within ``min_interval``; the caller commits."""
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - min_interval))
+        .values(last_used_at=now)
+    )
+    return result.rowcount == 1
 
 
 def authenticate(session: Session, *, plaintext: str | None) -> Principal:

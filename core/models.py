@@ -4,6 +4,11 @@ Raw feedback events are append-only: a re-vote adds an event and moves the
 counted vote; a retraction marks the event. ``votes`` holds the one counted
 vote per (voter, prompt+response) pair, so stats and snapshots read one small
 row per judgement instead of replaying history.
+An admin's erasure of a user (core.erasure) is the one rewrite of events: it
+blanks their texts and metadata and sets ``erased_at``.
+
+``created_by_key_id`` columns record which API key created a row; they carry
+no foreign key, so the record outlives the key row.
 """
 
 from __future__ import annotations
@@ -103,6 +108,8 @@ class FeedbackEvent(Base):
     created_at: Mapped[datetime] = mapped_column(index=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     retracted_at: Mapped[datetime | None]
+    # When an admin erased the user's data: the texts and metadata are gone, the vote no longer counts.
+    erased_at: Mapped[datetime | None]
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
 
 
@@ -142,6 +149,9 @@ class Snapshot(Base):
     n_undesirable: Mapped[int] = mapped_column(default=0)
     path: Mapped[str | None] = mapped_column(String(500))
     error: Mapped[str | None] = mapped_column(Text)
+    # Set when a user's erasure rewrote the file: content_hash and the counts describe the rewritten file.
+    redacted_at: Mapped[datetime | None]
+    created_by_key_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -154,7 +164,10 @@ class BaseModelRecord(Base):
     revision: Mapped[str | None] = mapped_column(String(200))
     path: Mapped[str] = mapped_column(String(1000))
     sha256: Mapped[str] = mapped_column(String(64))
+    # sha256 of every file a job loads, by relative path (None: registered before files were pinned).
+    files: Mapped[dict[str, Any] | None]
     architecture: Mapped[str | None] = mapped_column(String(200))
+    created_by_key_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -186,6 +199,7 @@ class TrainingPolicy(Base):
     last_vote_watermark: Mapped[int] = mapped_column(BigId, default=0)
     # Rollout settings (core.rollouts.RolloutSpec) for each version this policy publishes; None: no rollout.
     rollout: Mapped[dict[str, Any] | None]
+    created_by_key_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
 
@@ -241,6 +255,8 @@ class AlignmentJob(Base):
     # The checkpoint step the latest attempt continued from (None: it started from scratch).
     resumed_from_step: Mapped[int | None]
     adapter_version_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"))
+    # Which API key asked for the job (None: a policy or the CLI).
+    created_by_key_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -38,6 +38,7 @@ def create_policy(
     snapshot_options: dict[str, Any] | None = None,
     snapshot_filters: dict[str, Any] | None = None,
     rollout: dict[str, Any] | None = None,
+    created_by_key_id: int | None = None,
 ) -> TrainingPolicy:
     """Create a policy; flushes, the caller commits. ``rollout`` (core.rollouts.RolloutSpec): each version
     the policy publishes starts a rollout against the champion."""
@@ -55,6 +56,7 @@ def create_policy(
         snapshot_options=parse_options(snapshot_options).model_dump(mode="json"),
         snapshot_filters=parse_filters(snapshot_filters).model_dump(mode="json", exclude_defaults=True),
         rollout=RolloutSpec.from_dict(rollout).to_dict() if rollout is not None else None,
+        created_by_key_id=created_by_key_id,
     )
     try:
         with session.begin_nested():

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     )
     rate_limit_per_second: float = Field(2000.0, gt=0, description="Sustained requests/s per API key.")
     rate_limit_burst: int = Field(4000, ge=1, description="Burst size of the per-key token bucket.")
+    max_import_rows: int = Field(20_000, ge=1, description="Most rows in one POST /v1/feedback/import.")
+    auth_failures_per_minute: float = Field(
+        30.0, gt=0, description="Failed authentications a client address may make per minute (then 429)."
+    )
+    auth_failures_burst: int = Field(20, ge=1, description="Failed authentications a client may make at once.")
+    rejected_token_ttl_s: float = Field(60.0, ge=0, description="How long a rejected token is refused unseen.")
 
     # Worker and jobs.
     job_max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it ends failed.")
@@ -58,7 +64,23 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         48 * 3600, ge=60, description="Redis/SQS redelivery timeout; must exceed the longest job."
     )
+    job_max_steps: int = Field(100_000, ge=1, description="Largest config.max_steps a job may ask for.")
+    job_max_epochs: int = Field(100, ge=1, description="Largest config.num_epochs.")
+    job_max_batch_size: int = Field(256, ge=2, description="Largest config.batch_size.")
+    job_max_grad_accumulation: int = Field(256, ge=1, description="Largest config.grad_accumulation.")
+    job_max_length: int = Field(32_768, ge=16, description="Largest config.max_length (and max_prompt_length).")
+    job_max_lora_r: int = Field(256, ge=1, description="Largest config.lora_r.")
+    job_max_lora_alpha: int = Field(1024, ge=1, description="Largest config.lora_alpha.")
+    job_max_sequence_workers: int = Field(64, ge=1, description="Largest config.sequence_workers.")
+    snapshot_retention_days: float = Field(
+        30.0, ge=0, description="Snapshot files no version was trained on are deleted after this; 0 keeps all."
+    )
+    retention_interval_s: float = Field(3600.0, gt=0, description="How often beat applies snapshot retention.")
     checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
+    base_model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders (JSON list) base models may be registered from, besides data_dir/models.",
+    )
     bundled_model_name: str = Field("smollm2-135m-instruct", description="Name the bundled base model gets.")
     register_bundled_model: bool = Field(True, description="Convert and register the bundled model on start.")
 

@@ -193,7 +193,9 @@ def _votes_query(filters: SnapshotFilters, cutoff: datetime):
     if filters.model is not None:
         stmt = stmt.where(Vote.model == filters.model)
     for key, value in filters.metadata.items():
-        if isinstance(value, str):  # narrows in SQL; _tags_match decides exactly
+        # Narrows in SQL; _tags_match decides exactly. A key with a quote or backslash cannot be written
+        # as a SQLite JSON path (an error, or a path that matches nothing), so it is matched in Python only.
+        if isinstance(value, str) and not any(c in key for c in '"\\'):
             stmt = stmt.where(FeedbackEvent.metadata_[key].as_string() == value)
     return stmt
 
@@ -248,6 +250,7 @@ def create_snapshot(
     settings: Settings,
     filters: SnapshotFilters | dict | None = None,
     options: SnapshotOptions | dict | None = None,
+    created_by_key_id: int | None = None,
 ) -> Snapshot:
     """Build a snapshot from the counted votes received up to now; flushes, the caller commits.
 
@@ -256,7 +259,7 @@ def create_snapshot(
     """
     filters, options = parse_filters(filters), parse_options(options)
     cutoff = utcnow()
-    snapshot = Snapshot(id=new_id(), status="ready", cutoff=cutoff,
+    snapshot = Snapshot(id=new_id(), status="ready", cutoff=cutoff, created_by_key_id=created_by_key_id,
                         filters=filters.model_dump(mode="json"), options=options.model_dump(mode="json"))
     final = snapshot_path(settings, snapshot)
     final.parent.mkdir(parents=True, exist_ok=True)

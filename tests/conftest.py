@@ -10,6 +10,7 @@ migrating per test.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -50,6 +51,15 @@ def drop_pg_database(url: str) -> None:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _models_anywhere_in_pytest_tmp(tmp_path_factory) -> Iterator[None]:
+    """Tests build model folders in pytest's temp folders: let every Settings (and the CLI) register from
+    there. Tests of the confinement pass their own base_model_dirs."""
+    os.environ["PROSPECT_BASE_MODEL_DIRS"] = json.dumps([str(tmp_path_factory.getbasetemp())])
+    yield
+    os.environ.pop("PROSPECT_BASE_MODEL_DIRS", None)
 
 
 @pytest.fixture(scope="session")

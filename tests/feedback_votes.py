@@ -49,7 +49,7 @@ def add_vote(
     )
     session.add(event)
     session.flush()
-    voter = user or f"event:{event_id}"
+    voter = f"user:{user}" if user else f"event:{event_id}"
     vote = session.scalar(select(Vote).where(Vote.voter_key == voter, Vote.pair_key == pair_key))
     if vote is None:
         session.add(Vote(voter_key=voter, pair_key=pair_key, prompt_key=prompt_key, event_pk=event.id, label=label,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -27,8 +29,13 @@ def test_docker_compose_config_accepts_the_file():
     cmd = _compose_command()
     if cmd is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed: cannot run `compose config`")
+    secrets = {"POSTGRES_PASSWORD": "pg-secret", "REDIS_PASSWORD": "redis-secret"}
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+    refused = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True,
+                             text=True, check=False, env=env)
+    assert refused.returncode != 0 and "POSTGRES_PASSWORD" in refused.stderr + refused.stdout
     out = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config"], capture_output=True, text=True,
-                         check=False)
+                         check=False, env={**env, **secrets})
     assert out.returncode == 0, out.stderr
     rendered = yaml.safe_load(out.stdout)
     assert SERVICES <= set(rendered["services"])
@@ -46,3 +53,20 @@ def test_compose_file_shape():
     assert services["migrate"]["command"] == ["prospect", "migrate"]
     for name in ("api", "worker-train", "worker", "beat"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_has_no_default_secrets_and_redis_needs_a_password():
+    text = (ROOT / "docker-compose.yml").read_text()
+    # Every use of a password is required (`:?`), never defaulted (`:-`).
+    uses = re.findall(r"\$\{(POSTGRES_PASSWORD|REDIS_PASSWORD)(:.)", text)
+    assert uses and {op for _, op in uses} == {":?"}
+    spec = yaml.safe_load(text)
+    env = spec["x-prospect"]["environment"]
+    assert env["PROSPECT_BROKER_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert env["PROSPECT_RESULT_BACKEND"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert "${POSTGRES_PASSWORD:?" in env["PROSPECT_DATABASE_URL"]
+    redis = spec["services"]["redis"]
+    assert redis["command"][redis["command"].index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert "REDISCLI_AUTH" in redis["environment"]
+    assert "ports" not in spec["services"]["postgres"] and "ports" not in redis
+    assert all(p.startswith("${PROSPECT_PUBLISH_ADDR:-127.0.0.1}:") for p in spec["services"]["api"]["ports"])

@@ -40,13 +40,19 @@ def beat_schedule(settings: Settings) -> dict:
             "schedule": timedelta(seconds=settings.outbox_interval_s),
             "options": {"queue": DEFAULT_QUEUE, "expires": settings.outbox_interval_s},
         },
+        "expire-old-snapshots": {
+            "task": "prospect.snapshots.expire",
+            "schedule": timedelta(seconds=settings.retention_interval_s),
+            "options": {"queue": DEFAULT_QUEUE, "expires": settings.retention_interval_s},
+        },
     }
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     settings.ensure_dirs()
-    app = Celery("prospect", broker=settings.celery_broker_url, backend=settings.celery_result_backend)
+    app = Celery("prospect", broker=settings.celery_broker_url, backend=settings.celery_result_backend,
+                 include=["worker.retention_tasks"])
     app.conf.update(
         task_queues=(Queue(DEFAULT_QUEUE), Queue(TRAINING_QUEUE)),
         task_default_queue=DEFAULT_QUEUE,

@@ -350,7 +350,7 @@ class _Run:
         log.info("job %s: verifying base model %s (%s)", self.job_id, base.name, base.path)
         verify_base_model(base)  # BaseModelTampered -> the job fails with its message
         tokenizer = AutoTokenizer.from_pretrained(base.path)
-        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, use_safetensors=True)
         return model, tokenizer
 
     def _on_progress(self, step: int, total: int, metrics: dict) -> None:

@@ -68,9 +68,8 @@ def download(name: str, version_or_alias: str, request: Request, session: Sessio
              _: ReadKey) -> Response:
     """Deterministic tarball of the version folder (``<name>-v<version>/...``); ETag = its sha256."""
     v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
-    if v.tarball_sha256 is None:
-        adapters.tarball_sha256(session, settings=settings, version=v)
-        session.commit()
+    session.close()  # nothing below needs the database: a slow client must not hold a connection
+    adapters.ensure_tarball_sha256(request.app.state.engine, settings=settings, version=v)
     cached = not_modified(request, v.tarball_sha256)
     if cached is not None:
         return cached
@@ -86,6 +85,7 @@ def get_file(name: str, version_or_alias: str, filename: str, request: Request, 
              settings: SettingsDep, _: ReadKey) -> Response:
     """Only the files the manifest lists, and manifest.json; any other name is a 404."""
     v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
+    session.close()  # as for download
     path, sha = adapters.version_file(settings, v, filename)
     return not_modified(request, sha) or FileResponse(path, filename=path.name, headers={"ETag": quoted(sha)})
 

@@ -32,12 +32,14 @@ def get_base_model(name: str, session: SessionDep, _: ReadKey):
 
 
 @router.post("", status_code=201, response_model=BaseModelOut, summary="Register a base model", responses=ERRORS)
-def register_base_model(body: BaseModelIn, session: SessionDep, settings: SettingsDep, _: AdminKey):
-    """Register a model folder on the server; its weights' sha256 is computed now and checked by every job.
+def register_base_model(body: BaseModelIn, session: SessionDep, settings: SettingsDep, principal: AdminKey):
+    """Register a model folder under the models folder (or PROSPECT_BASE_MODEL_DIRS); the sha256 of every file
+    a job loads is computed now, outside any transaction, and checked by every job.
 
     Hub models are downloaded by `prospect models add NAME ORG/MODEL` (a long download does not belong in a request).
     """
     record = base_models.register_base_model(session, settings=settings, name=body.name, source=body.source,
-                                             revision=body.revision, allow_download=False)
+                                             revision=body.revision, allow_download=False,
+                                             created_by_key_id=principal.key_id)
     session.commit()
     return record

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import IngestKey, ReadKey
+from api.deps import IngestKey, ReadKey, RetractKey
 from api.schemas.feedback import (
     BatchIn,
     BatchOut,
@@ -34,7 +34,7 @@ from api.schemas.feedback import (
     parse_event,
 )
 from api.schemas.importers import ImportParams
-from core import feedback
+from core import feedback, feedback_import
 from core.errors import InvalidInput, PayloadTooLarge
 from core.importers import ingest as importers
 
@@ -147,7 +147,7 @@ async def get_stats(request: Request, _: ReadKey, since: Since = None, until: Un
                     model: ModelQ = None) -> Response:
     """Up/down counts of the counted votes (after re-votes and retractions), overall and per model."""
     stats = await run_in_threadpool(
-        feedback.feedback_stats, request.app.state.engine, since=since, until=until, model=model
+        feedback.feedback_stats, request.app.state.read_engine, since=since, until=until, model=model
     )
     return _json(stats)
 
@@ -162,7 +162,7 @@ async def get_stats(request: Request, _: ReadKey, since: Since = None, until: Un
 async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "kto-jsonl",
                  since: Since = None, until: Until = None, model: ModelQ = None) -> StreamingResponse:
     """Streamed JSONL in TRL's unpaired KTO format; prompt is the text or the messages list."""
-    chunks = feedback.iter_kto_jsonl(request.app.state.engine, since=since, until=until, model=model)
+    chunks = feedback.iter_kto_jsonl(request.app.state.read_engine, since=since, until=until, model=model)
     # Read the first chunk before answering, so a database outage is a 503 rather than a cut stream.
     first = await run_in_threadpool(next, chunks, None)
     body: Iterator[bytes] = iter(()) if first is None else itertools.chain([first], chunks)
@@ -190,7 +190,8 @@ async def import_dataset(
     adapter: Annotated[str | None, Query(max_length=200, description="The adapter that served every row.")] = None,
     adapter_version: Annotated[int | None, Query(ge=1, description="Its version (with adapter).")] = None,
 ) -> Response:
-    """One transaction; returns counts, the skipped records and the first errors (with their line or record)."""
+    """One transaction; returns counts, the skipped records and the first errors (with their line or record).
+    TRL rows are decoded and written a chunk at a time in a worker thread (413 over max_import_rows)."""
     body = await _read_body(request)
     if params.source is not None or params.dry_run:
         settings = request.app.state.settings
@@ -199,11 +200,11 @@ async def import_dataset(
             options=params.options(settings, model), limits=_limits(request), api_key_id=principal.key_id,
             dry_run=params.dry_run, max_uncompressed_bytes=settings.max_import_uncompressed_bytes)
         return _json(report)
-    records = feedback.decode_records(body)
     summary = await run_in_threadpool(
-        feedback.import_records,
+        feedback_import.import_body,
         request.app.state.engine,
-        records=records,
+        body=body,
+        max_rows=request.app.state.settings.max_import_rows,
         limits=_limits(request),
         model=model,
         api_key_id=principal.key_id,
@@ -215,10 +216,13 @@ async def import_dataset(
 
 @router.get("/{event_id}", response_model=FeedbackEventOut, summary="One stored event", responses=ERRORS)
 async def get_event(request: Request, event_id: str, _: ReadKey) -> Response:
-    return _json(await run_in_threadpool(feedback.get_event, request.app.state.engine, event_id=event_id))
+    return _json(await run_in_threadpool(feedback.get_event, request.app.state.read_engine, event_id=event_id))
 
 
 @router.delete("/{event_id}", response_model=RetractOut, summary="Retract an event", responses=ERRORS)
-async def retract(request: Request, event_id: str, _: IngestKey) -> Response:
-    """Excludes the event's vote from stats, exports and future snapshots; the raw event is kept, marked."""
-    return _json(await run_in_threadpool(feedback.retract_event, request.app.state.engine, event_id=event_id))
+async def retract(request: Request, event_id: str, principal: RetractKey) -> Response:
+    """Excludes the event's vote from stats, exports and future snapshots; the raw event is kept, marked.
+    Only the key that created the event, or a train/admin key, may retract it; others get 404."""
+    any_key = bool(principal.scopes & {"train", "admin"})
+    return _json(await run_in_threadpool(feedback.retract_event, request.app.state.engine, event_id=event_id,
+                                         api_key_id=principal.key_id, any_key=any_key))

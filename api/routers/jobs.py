@@ -17,9 +17,11 @@ from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.queue import TRAINING_QUEUE, send_task
+from api.schemas import DB_INT_MAX
 from api.schemas.jobs import JobIn, JobListOut, JobMetricOut, JobMetricsOut, JobOut, JobStatus
 from core import jobs
 from core.errors import InvalidInput
+from core.job_limits import check_job_config
 from core.models import AdapterVersion, AlignmentJob, BaseModelRecord
 
 log = logging.getLogger(__name__)
@@ -63,13 +65,14 @@ def job_out(session: Session, job: AlignmentJob) -> JobOut:
         force_publish=job.force_publish, cancel_requested=job.cancel_requested, error=job.error,
         attempts=job.attempts, max_attempts=job.max_attempts, resumed_from_step=job.resumed_from_step,
         worker=job.worker, created_at=job.created_at, started_at=job.started_at, heartbeat_at=job.heartbeat_at,
-        finished_at=job.finished_at,
+        finished_at=job.finished_at, created_by_key_id=job.created_by_key_id,
     )
 
 
 @router.post("", status_code=202, response_model=JobOut, summary="Start an alignment job", responses=ERRORS)
-def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, _: TrainKey) -> JobOut:
+def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, principal: TrainKey) -> JobOut:
     """Queue a job: 202 with its id. Without ``snapshot_id`` the worker takes a snapshot first."""
+    check_job_config(body.config, settings=settings)
     config = validate_config(body.config)
     job = jobs.create_job(
         session, adapter_name=body.adapter, base_model_name=body.base_model, snapshot_id=body.snapshot_id,
@@ -77,6 +80,7 @@ def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, _: TrainK
         options=body.options,
         force_publish=body.force_publish, max_attempts=settings.job_max_attempts,
     )
+    job.created_by_key_id = principal.key_id  # set here: jobs.create_job also serves policies and the CLI
     session.commit()
     try:
         task_id = send_task(settings, "prospect.jobs.run", args=[job.id], queue=TRAINING_QUEUE)
@@ -108,7 +112,7 @@ def get_job(job_id: str, session: SessionDep, _: ReadKey) -> JobOut:
 @router.get("/{job_id}/metrics", response_model=JobMetricsOut, summary="Per-step training metrics",
             responses=ERRORS)
 def get_metrics(
-    job_id: str, session: SessionDep, _: ReadKey, after_step: Annotated[int, Query(ge=0)] = 0
+    job_id: str, session: SessionDep, _: ReadKey, after_step: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0
 ) -> JobMetricsOut:
     """The history for plots: one row per optimiser step, oldest first (``after_step`` to poll)."""
     rows = jobs.list_metrics(session, job_id=job_id, after_step=after_step)

@@ -11,9 +11,10 @@ from typing import Any
 from fastapi import APIRouter, Response
 from sqlalchemy.orm import Session
 
-from api.deps import ReadKey, SessionDep, TrainKey
+from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.schemas.policies import PolicyIn, PolicyOut
 from core import policies
+from core.job_limits import check_job_config
 from core.models import BaseModelRecord, TrainingPolicy
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
@@ -33,18 +34,20 @@ def _out(session: Session, p: TrainingPolicy) -> PolicyOut:
         min_new_feedback=p.min_new_feedback, min_interval_minutes=p.min_interval_minutes, config=p.config,
         snapshot_options=p.snapshot_options, snapshot_filters=p.snapshot_filters, rollout=p.rollout,
         enabled=p.enabled, last_job_id=p.last_job_id,
-        last_triggered_at=p.last_triggered_at, created_at=p.created_at,
+        last_triggered_at=p.last_triggered_at, created_at=p.created_at, created_by_key_id=p.created_by_key_id,
     )
 
 
 @router.post("", status_code=201, response_model=PolicyOut, summary="Create a policy", responses=ERRORS)
-def create_policy(body: PolicyIn, session: SessionDep, _: TrainKey) -> PolicyOut:
-    """``config`` is stored as given and validated by each job it starts."""
+def create_policy(body: PolicyIn, session: SessionDep, settings: SettingsDep, principal: TrainKey) -> PolicyOut:
+    """``config`` is stored as given (within the server's job limits) and validated by each job it starts."""
+    check_job_config(body.config, settings=settings)
     p = policies.create_policy(
         session, adapter_name=body.adapter, base_model_name=body.base_model, min_new_feedback=body.min_new_feedback,
         min_interval_minutes=body.min_interval_minutes, config=body.config,
         snapshot_options=body.snapshot_options.model_dump(), rollout=body.rollout,
         snapshot_filters=body.snapshot_filters.model_dump(mode="json", exclude_defaults=True),
+        created_by_key_id=principal.key_id,
     )
     session.commit()
     return _out(session, p)

@@ -25,9 +25,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("", status_code=201, response_model=SnapshotOut, summary="Take a snapshot", responses=ERRORS)
-def create_snapshot(body: SnapshotIn, session: SessionDep, settings: SettingsDep, _: TrainKey):
+def create_snapshot(body: SnapshotIn, session: SessionDep, settings: SettingsDep, principal: TrainKey):
     """Select the counted votes received up to now (filtered), aggregate them and store TRL KTO JSONL."""
-    snap = snapshots.create_snapshot(session, settings=settings, filters=body.filters, options=body.options)
+    snap = snapshots.create_snapshot(session, settings=settings, filters=body.filters, options=body.options,
+                                     created_by_key_id=principal.key_id)
     session.commit()
     return snap
 
@@ -43,6 +44,7 @@ def get_snapshot(snapshot_id: str, session: SessionDep, _: ReadKey):
 def export_snapshot(snapshot_id: str, request: Request, session: SessionDep, settings: SettingsDep,
                     _: ReadKey) -> Response:
     snap = snapshots.get_snapshot(session, snapshot_id=snapshot_id)
+    session.close()  # a slow client must not hold a connection (nor, on SQLite, a transaction) while it reads
     cached = not_modified(request, snap.content_hash)
     if cached is not None:
         return cached

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas import DB_INT_MAX
+
 
 class AdapterOut(BaseModel):
     name: str
@@ -29,9 +31,9 @@ class AdapterVersionOut(BaseModel):
 class AliasIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1, description="The version the alias should point to.")
+    version: int = Field(ge=1, le=DB_INT_MAX, description="The version the alias should point to.")
     expected_version: int | None = Field(
-        None, ge=1, description="Compare-and-swap: move only if the alias points here now (409 otherwise); "
+        None, ge=1, le=DB_INT_MAX, description="Compare-and-swap: move only if the alias points here now (409 otherwise); "
         "omit to move unconditionally (and to create the alias)."
     )
 

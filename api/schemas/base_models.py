@@ -23,6 +23,11 @@ class BaseModelOut(BaseModel):
     source: str
     revision: str | None
     path: str
-    sha256: str = Field(description="sha256 of the weight files; jobs refuse to train if it changed.")
+    sha256: str = Field(description="sha256 of the top-level safetensors (`sha256sum *.safetensors | sha256sum`).")
+    files: dict[str, str] | None = Field(
+        description="sha256 of every file a job loads (weights, config, tokenizer, templates); jobs refuse to "
+        "train if one changed, vanished or appeared. None: registered before files were pinned (weights only)."
+    )
     architecture: str | None
+    created_by_key_id: int | None = Field(description="The API key that registered it (None: the CLI or bootstrap).")
     created_at: datetime

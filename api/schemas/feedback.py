@@ -108,6 +108,7 @@ class FeedbackEventOut(BaseModel):
     created_at: datetime
     received_at: datetime
     retracted_at: datetime | None
+    erased_at: datetime | None = Field(None, description="When an admin erased the user's feedback (texts gone).")
     counted: bool = Field(description="Whether this event is its voter's counted vote now.")
 
 

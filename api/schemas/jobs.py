@@ -52,6 +52,7 @@ class AdapterVersionRef(BaseModel):
 
 class JobOut(BaseModel):
     id: str
+    created_by_key_id: int | None = Field(None, description="The API key that started it (None: a policy).")
     adapter: str
     base_model: str
     status: JobStatus

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas import DB_INT_MAX
 from core.snapshots import SnapshotFilters, SnapshotOptions
 
 
@@ -15,8 +16,8 @@ class PolicyIn(BaseModel):
 
     adapter: str = Field(max_length=100, description="The adapter the policy trains (one live policy per adapter).")
     base_model: str = Field(max_length=100, description="A registered base model (GET /v1/base-models).")
-    min_new_feedback: int = Field(100, ge=1, description="New counted votes since the last job before a new one.")
-    min_interval_minutes: int = Field(60, ge=1, description="Minutes at least between two jobs of this policy.")
+    min_new_feedback: int = Field(100, ge=1, le=DB_INT_MAX, description="New counted votes since the last job before a new one.")
+    min_interval_minutes: int = Field(60, ge=1, le=DB_INT_MAX, description="Minutes at least between two jobs of this policy.")
     config: dict[str, Any] = Field(default_factory=dict, description="Alignment config overrides for its jobs.")
     snapshot_options: SnapshotOptions = Field(default_factory=SnapshotOptions)
     snapshot_filters: SnapshotFilters = Field(
@@ -40,4 +41,5 @@ class PolicyOut(BaseModel):
     enabled: bool
     last_job_id: str | None
     last_triggered_at: datetime | None
+    created_by_key_id: int | None = Field(None, description="The API key that created it.")
     created_at: datetime

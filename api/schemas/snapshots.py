@@ -29,4 +29,8 @@ class SnapshotOut(BaseModel):
     n_rows: int
     n_desirable: int
     n_undesirable: int
+    redacted_at: datetime | None = Field(
+        None, description="When a user's erasure rewrote the file (content_hash and counts are the new file's)."
+    )
+    created_by_key_id: int | None = Field(None, description="The API key that took it (None: a job took it).")
     created_at: datetime

@@ -6,10 +6,10 @@ Create Date: 2026-11-29 02:47:55.552118
 """
 from __future__ import annotations
 
-from alembic import op
 import sqlalchemy as sa
-import core.models
+from alembic import op
 
+import core.models
 
 revision = '0001'
 down_revision = None

@@ -1,7 +1,7 @@
 """live loop: feedback attributed to adapter versions, rollouts, serving targets and the outbox
 
 Revision ID: 0004_live_loop
-Revises: 0002_fencing
+Revises: 0003_hardening
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from alembic import op
 import core.models
 
 revision = "0004_live_loop"
-down_revision = "0002_fencing"
+down_revision = "0003_hardening"
 branch_labels = None
 depends_on = None
 

@@ -81,7 +81,7 @@ def test_files_of_the_manifest_only(api):
                  "/etc/passwd", "../2/manifest.json", "%2e%2e", "%2e%2e%2fmanifest.json", "config.json",
                  "adapter_model.safetensors%00"):  # a bare ".." is resolved by the client itself
         r = client.get(f"/v1/adapters/chat/versions/1/files/{name}", headers=h["read"])
-        assert r.status_code == 404, (name, r.status_code)
+        assert r.status_code == (422 if "%00" in name else 404), (name, r.status_code)
         assert b"root:" not in r.content and b"weights" not in r.content
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.base_models import weights_sha256
+from core.base_models import file_sha256, weights_sha256
 from tests.api_client import make_api
 from tests.artifacts import make_model_dir
 
@@ -22,6 +22,10 @@ def test_register_list_get(api, tmp_path):
     body = r.json()
     assert (body["name"], body["sha256"], body["architecture"], body["path"]) == (
         "tiny", weights_sha256(folder), "LlamaForCausalLM", str(folder.resolve()))
+    assert body["files"] == {"config.json": file_sha256(folder / "config.json"),
+                             "model.safetensors": file_sha256(folder / "model.safetensors")}
+    admin_id = client.get("/v1/base-models/tiny", headers=h["read"]).json()["created_by_key_id"]
+    assert admin_id is not None and admin_id == body["created_by_key_id"]
     r = client.get("/v1/base-models", headers=h["read"])
     assert r.status_code == 200 and [m["name"] for m in r.json()] == ["tiny"]
     assert client.get("/v1/base-models/tiny", headers=h["read"]).json()["sha256"] == body["sha256"]
@@ -43,6 +47,7 @@ def test_refusals(api, tmp_path):
         ({"name": "org-model", "source": "org/model"}, 422, "prospect models add"),
         ({"name": "Bad Name", "source": folder}, 422, "invalid base model name"),
         ({"name": "x", "source": str(tmp_path)}, 422, "no config.json"),
+        ({"name": "x", "source": "/etc"}, 422, "outside the folders base models may be registered from"),
         ({"name": "x"}, 422, "source"),
     ]
     for body, status, message in cases:

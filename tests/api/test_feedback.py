@@ -60,11 +60,16 @@ def test_create_duplicate_conflict(api):
     assert count(client) == 1 and count(client, Vote) == 1
 
 
-def test_without_event_id_the_server_makes_one(api):
+def test_without_event_id_the_server_derives_one_from_the_content(api):
     client, h = api
-    ids = {client.post("/v1/feedback", json=ev(event_id=...), headers=h["ingest"]).json()["event_id"]
-           for _ in range(2)}
-    assert len(ids) == 2 and count(client) == 2
+    # A client retry without an id is a duplicate, not a second vote (was: a random id each time).
+    first = client.post("/v1/feedback", json=ev(event_id=...), headers=h["ingest"])
+    retry = client.post("/v1/feedback", json=ev(event_id=...), headers=h["ingest"])
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert first.json()["event_id"] == retry.json()["event_id"] and retry.json()["status"] == "duplicate"
+    other = client.post("/v1/feedback", json=ev(event_id=..., user_id="u2"), headers=h["ingest"])
+    assert other.status_code == 201 and other.json()["event_id"] != first.json()["event_id"]
+    assert count(client) == 2
 
 
 def test_auth_401_and_403(api):

@@ -36,3 +36,23 @@ def test_readyz_reports_broker_down(settings):
     assert resp.status_code == 503
     assert resp.json()["checks"]["database"] == "ok"
     assert resp.json()["checks"]["broker"].startswith("unreachable")
+
+
+def test_readyz_details_only_for_a_key(settings):
+    from tests.api_client import make_api
+
+    broken = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    client, h = make_api(broken)
+    anonymous = client.get("/readyz").json()["checks"]["broker"]
+    assert anonymous == "unreachable"  # no host, port or exception text for an unauthenticated caller
+    detailed = client.get("/readyz", headers=h["read"]).json()["checks"]["broker"]
+    assert detailed.startswith("unreachable: ") and len(detailed) > len(anonymous)
+
+
+def test_version_numbers_are_ascii_decimal(settings):
+    from tests.api_client import make_api
+
+    client, h = make_api(settings)
+    for ref in ("²", "1" * 40):  # int("²") raised; a 40-digit number overflowed SQLite
+        r = client.get(f"/v1/adapters/chat/versions/{ref}", headers=h["read"])
+        assert r.status_code == 404, (ref, r.text)

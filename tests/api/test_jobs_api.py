@@ -90,6 +90,13 @@ def test_post_job_queues_it_and_sends_the_task(api, settings, engine):
     ({"snapshot_filters": {"model": "m"}, "snapshot_id": "x"}, 422, "snapshot_id or snapshot_filters"),
     ({"snapshot_options": {"aggregation": "vote"}}, 422, "aggregation"),
     ({"extra": 1}, 422, "extra"),
+    # Upper bounds from Settings: a job cannot ask for a worker for ever.
+    ({"config": {"max_steps": 1_000_000_000}}, 422, "config.max_steps: 1000000000 exceeds this server's limit"),
+    ({"config": {"num_epochs": 101}}, 422, "config.num_epochs"),
+    ({"config": {"batch_size": 100_000}}, 422, "config.batch_size"),
+    ({"config": {"grad_accumulation": 10**6}}, 422, "config.grad_accumulation"),
+    ({"config": {"max_length": 10**7}}, 422, "config.max_length"),
+    ({"config": {"lora_r": 4096}}, 422, "config.lora_r"),
 ])
 def test_post_job_rejects_bad_input_with_a_message(api, settings, engine, payload, status, message):
     body = {"adapter": "bot", "base_model": "tiny", **payload}

@@ -49,6 +49,7 @@ def test_refusals(api):
         ({"adapter": "other", "base_model": "base", "min_new_feedback": 0}, 422, "min_new_feedback"),
         ({"adapter": "other", "base_model": "base", "snapshot_options": {"aggregation": "x"}}, 422, "aggregation"),
         ({"adapter": "Other!", "base_model": "base"}, 422, "invalid adapter name"),
+        ({"adapter": "other", "base_model": "base", "config": {"max_steps": 10**9}}, 422, "config.max_steps"),
     ]
     for body, status, message in cases:
         r = client.post("/v1/policies", json=body, headers=h["train"])

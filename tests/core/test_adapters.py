@@ -38,13 +38,17 @@ def world(engine, settings, tmp_path):
 
 def publish(world, name="chat", **overrides) -> AdapterVersion:
     kwargs = {
-        "settings": world["settings"], "adapter_name": name, "staged_dir": world["staged"], "job_id": "job1",
+        "settings": world["settings"], "adapter_name": name, "staged_dir": world["staged"],
+        # A job publishes at most once (unique adapter_versions.job_id): job1, job2, ... per world.
+        "job_id": f"job{world.setdefault('published', 0) + 1}",
         "base_model": world["base"], "snapshot": world["snapshot"], "hyperparameters": {"beta": 0.1, "r": 8},
         "class_counts": {"desirable": 3, "undesirable": 1}, "class_weights": {"desirable": 1.0, "undesirable": 3.0},
         "eval_metrics": {"adapter": {"loss": 0.4}, "reference": {"loss": 0.5}},
     }
     kwargs.update(overrides)
-    return adapters.publish_adapter_version(world["factory"], **kwargs)
+    version = adapters.publish_adapter_version(world["factory"], **kwargs)
+    world["published"] += 1
+    return version
 
 
 def _count(engine, model) -> int:
@@ -60,7 +64,7 @@ def test_versions_count_1_2_3_and_latest_follows(world):
         assert adapters.resolve_version(s, adapter_name="chat", version_or_alias="latest").version == 3
         history = adapters.alias_history(s, adapter_name="chat", alias="latest")
         assert [(h.from_version, h.to_version, h.moved_by) for h in history] == [
-            (None, 1, "publish (job job1)"), (1, 2, "publish (job job1)"), (2, 3, "publish (job job1)")]
+            (None, 1, "publish (job job1)"), (1, 2, "publish (job job2)"), (2, 3, "publish (job job3)")]
         assert [a["name"] for a in adapters.list_adapters(s)] == ["chat", "other"]
         assert adapters.list_adapters(s)[0]["aliases"] == {"latest": 3} and adapters.list_adapters(s)[0]["n_versions"] == 3
 
@@ -93,7 +97,7 @@ def test_version_folder_and_manifest(world):
 
 def test_concurrent_publishers_get_distinct_numbers(world):
     with ThreadPoolExecutor(4) as pool:
-        versions = sorted(pool.map(lambda _: publish(world).version, range(4)))
+        versions = sorted(pool.map(lambda i: publish(world, job_id=f"parallel-{i}").version, range(4)))
     assert versions == [1, 2, 3, 4]
     assert sorted(p.name for p in (world["settings"].artifacts_dir / "adapters" / "chat").iterdir()) == \
         ["1", "2", "3", "4"]

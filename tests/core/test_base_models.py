@@ -28,16 +28,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_weights_sha256_hashes_names_and_bytes_of_weight_files_only(tmp_path):
+def test_weights_sha256_hashes_names_and_bytes_of_top_level_safetensors_only(tmp_path):
     folder = make_model_dir(tmp_path / "m", b"AAAA")
-    (folder / "sub").mkdir()
-    (folder / "sub" / "b.safetensors").write_bytes(b"BB")
-    expected = _sha(f"{_sha(b'AAAA')}  model.safetensors\n{_sha(b'BB')}  sub/b.safetensors\n".encode())
+    (folder / "b.safetensors").write_bytes(b"BB")
+    expected = _sha(f"{_sha(b'BB')}  b.safetensors\n{_sha(b'AAAA')}  model.safetensors\n".encode())
     assert weights_sha256(folder) == expected == alignment_weights_sha256(folder)
     (folder / "config.json").write_text("{}")
-    (folder / "pytorch_model.bin").write_bytes(b"ignored beside safetensors")
+    (folder / "pytorch_model.bin").write_bytes(b"ignored: never loaded")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "c.safetensors").write_bytes(b"ignored: transformers loads top-level files")
     assert weights_sha256(folder) == expected
-    (folder / "sub" / "b.safetensors").rename(folder / "sub" / "c.safetensors")
+    (folder / "b.safetensors").rename(folder / "c.safetensors")
     assert weights_sha256(folder) != expected
 
 
@@ -63,7 +64,9 @@ def test_register_a_local_folder(engine, settings, tmp_path):
         ("ok", "m/config.json", InvalidInput, "is a file"),
         ("ok", "nowhere/at/all", InvalidInput, "neither an existing folder nor a hub id"),
         ("ok", "empty", InvalidInput, "no config.json"),
-        ("ok", "no-weights", InvalidInput, "no weight files"),
+        ("ok", "no-weights", InvalidInput, "no top-level \\*.safetensors"),
+        ("ok", "pickle-only", InvalidInput, "no top-level \\*.safetensors"),
+        ("ok", "nested-only", InvalidInput, "no top-level \\*.safetensors"),
     ],
 )
 def test_bad_registrations_are_refused(engine, settings, tmp_path, monkeypatch, name, source, error, message):
@@ -72,6 +75,10 @@ def test_bad_registrations_are_refused(engine, settings, tmp_path, monkeypatch, 
     (tmp_path / "empty").mkdir()
     (tmp_path / "no-weights").mkdir()
     (tmp_path / "no-weights" / "config.json").write_text("{}")
+    make_model_dir(tmp_path / "pickle-only").joinpath("model.safetensors").rename(
+        tmp_path / "pickle-only" / "pytorch_model.bin")
+    (make_model_dir(tmp_path / "nested-only") / "sub").mkdir()
+    (tmp_path / "nested-only" / "model.safetensors").rename(tmp_path / "nested-only" / "sub" / "model.safetensors")
     with session_scope(engine) as s:
         register_base_model(s, settings=settings, name="taken", source="m")
     with session_scope(engine) as s, pytest.raises(error, match=message):
@@ -88,8 +95,8 @@ def test_tampered_or_missing_weights_are_detected(engine, settings, tmp_path):
     with pytest.raises(BaseModelTampered) as info:
         verify_base_model(rec)
     message = info.value.message
-    assert f"sha256 expected {rec.sha256} got {weights_sha256(folder)}" in message
-    assert "'base' changed on disk" in message and "re-register" in message
+    assert "'base' changed on disk: sha256 expected" in message
+    assert "(model.safetensors changed)" in message and "re-register" in message
     (folder / "model.safetensors").unlink()
     with pytest.raises(BaseModelTampered, match="missing on disk"):
         verify_base_model(rec)
@@ -98,8 +105,11 @@ def test_tampered_or_missing_weights_are_detected(engine, settings, tmp_path):
 def test_a_hub_id_is_downloaded_into_the_models_dir(engine, settings, monkeypatch):
     calls = []
 
-    def fake_download(repo_id, *, revision, local_dir):
+    def fake_download(repo_id, *, revision, local_dir, allow_patterns):
         calls.append((repo_id, revision, Path(local_dir)))
+        # Only what is pinned and loaded is fetched: no pickles, no custom code.
+        assert "*.safetensors" in allow_patterns and "tokenizer.json" in allow_patterns
+        assert not any(p.endswith((".bin", ".py", ".pt")) for p in allow_patterns)
         return str(make_model_dir(Path(local_dir)))
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -83,3 +84,56 @@ def test_snapshots_and_adapters_through_rest(cli, tmp_path, settings, engine):
     assert promoted.exit_code == 0 and json.loads(promoted.stdout)["version"] == 1
     stale = runner.invoke(app, ["adapters", "promote", "chat", "champion", "2", "--expected", "2"])
     assert stale.exit_code == 2 and "points to version 1" in stale.output
+
+
+def _hostile_server(headers: dict[str, str], body: bytes = b"tarball bytes"):
+    """A Client whose API answers every download with ``body`` and ``headers``."""
+    import httpx
+
+    class HostileClient(Client):
+        def __init__(self, _settings=None) -> None:
+            self._http = httpx.Client(base_url="http://api.test", transport=httpx.MockTransport(
+                lambda request: httpx.Response(200, content=body, headers=[
+                    (k.encode(), v.encode()) for k, v in headers.items()])))
+
+    return HostileClient
+
+
+@pytest.mark.parametrize(
+    ("version_header", "etag", "asked", "message"),
+    [
+        ("../../escaped", None, "latest", "invalid X-Adapter-Version"),
+        ("1/../../../escaped", None, "latest", "invalid X-Adapter-Version"),
+        ("²", None, "latest", "invalid X-Adapter-Version"),
+        ("0", None, "latest", "invalid X-Adapter-Version"),
+        ("3", None, "2", "asked for version 2, the server sent version 3"),
+        ("2", '"' + "0" * 64 + '"', "latest", "does not match the ETag"),
+        ("2", "", "latest", "does not match the ETag"),
+    ],
+)
+def test_download_refuses_a_hostile_or_corrupt_answer(tmp_path, monkeypatch, version_header, etag, asked, message):
+    body = b"tarball bytes"
+    good_etag = '"' + hashlib.sha256(body).hexdigest() + '"'
+    headers = {"x-adapter-version": version_header, "etag": good_etag if etag is None else etag}
+    monkeypatch.setenv("PROSPECT_API_KEY", "k")
+    get_settings.cache_clear()
+    monkeypatch.setattr(cli_resources, "Client", _hostile_server(headers, body))
+    dest = tmp_path / "deep" / "dl"
+    result = CliRunner().invoke(app, ["adapters", "download", "chat", asked, "--out", str(dest), "--no-extract"])
+    get_settings.cache_clear()
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []  # nothing kept, nothing outside
+
+
+def test_download_keeps_a_verified_tarball(tmp_path, monkeypatch):
+    body = b"tarball bytes"
+    headers = {"x-adapter-version": "7", "etag": '"' + hashlib.sha256(body).hexdigest() + '"'}
+    monkeypatch.setenv("PROSPECT_API_KEY", "k")
+    get_settings.cache_clear()
+    monkeypatch.setattr(cli_resources, "Client", _hostile_server(headers, body))
+    result = CliRunner().invoke(app, ["adapters", "download", "chat", "--out", str(tmp_path), "--no-extract"])
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "chat-v7.tar.gz").read_bytes() == body
+    bad = CliRunner().invoke(app, ["adapters", "download", "../x", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "invalid adapter name" in bad.output
