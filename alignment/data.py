@@ -116,6 +116,7 @@ class Batch:
     per_sequence: bool = False  # score with one forward per example (alignment.logps.per_sequence_logps)
     workers: int = 1  # per-sequence layout: threads scoring examples at once
     kl_partners: list[int] | None = None  # position of each example's KL partner in the microbatch
+    dropout_seeds: list[int] | None = None  # per example: its LoRA dropout generator's seed (training only)
 
 
 def _as_messages(value, *, index: int, field: str) -> list[dict]:

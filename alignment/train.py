@@ -30,7 +30,7 @@ from alignment.logps import (
     supports_packing,
     supports_per_sequence,
 )
-from alignment.lora import attach_lora
+from alignment.lora import attach_lora, dropout_seed
 from alignment.loss import kto_loss
 from alignment.weights import ClassWeights, class_weights
 
@@ -147,7 +147,8 @@ class Collator:
         self.workers = (config.sequence_workers or torch.get_num_threads()) if device.type == "cpu" else 1
         self.packed = not self.per_sequence and config.packing and model is not None and supports_packing(model)
 
-    def __call__(self, indices: Sequence[int]) -> Batch:
+    def __call__(self, indices: Sequence[int], *, microbatch: int | None = None) -> Batch:
+        """Microbatch ``indices``; ``microbatch`` (its number in the job) seeds each example's LoRA dropout."""
         c = self.config
         batch = collate(self.examples, indices, max_length=c.max_length, prompt_budget=c.prompt_budget,
                         pad_id=self.pad_id, pairing=c.kl_pairing, with_kl=c.kl_mode == "estimate",
@@ -158,6 +159,8 @@ class Collator:
         batch.packed = batch.packed.to(self.device) if batch.packed is not None else None
         batch.per_sequence = self.per_sequence
         batch.workers = self.workers
+        if microbatch is not None:
+            batch.dropout_seeds = [dropout_seed(c.seed, microbatch, i) for i in batch.indices]
         return batch
 
 
@@ -174,7 +177,7 @@ def pair_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     if batch.per_sequence:
         return per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, batch.labels.device,
-                                  workers=batch.workers)
+                                  workers=batch.workers, seeds=batch.dropout_seeds)
     if batch.packed is not None and not torch.is_grad_enabled():
         return packed_logps(model, batch.packed)
     matched = sequence_logps(model, batch.matched)
@@ -419,7 +422,7 @@ def train_kto(
         micro = plan.step_microbatches(step)
         losses, rewards, logps, labels, kls, tokens = [], [], [], [], [], 0
         for k in micro:
-            batch = collate_fn(plan.microbatch(k))
+            batch = collate_fn(plan.microbatch(k), microbatch=k)
             if reference is not None:
                 ref, ref_kl = reference.get(batch, device)
             else:
