@@ -46,8 +46,8 @@ class SeededDropout(torch.nn.Dropout):
         generator = getattr(_local, "generator", None)
         if generator is None or not self.training or self.p == 0:
             return super().forward(x)
-        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=generator)
-        return x * keep / (1 - self.p)
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=generator).div_(1 - self.p)
+        return x * keep
 
 
 def use_seeded_dropout(model) -> int:

@@ -474,6 +474,9 @@ def train_kto(
         # From the steps' own timings: right across a resume too.
         "train_tokens_per_s": total_tokens / sum(h["tokens"] / h["tokens_per_s"] for h in history)
         if history and all(h["tokens_per_s"] for h in history) else None,
+        # How the work was laid out (auto resolves by device): what a throughput figure depends on.
+        "sequence_layout": "per_sequence" if collate_fn.per_sequence else "batched",
+        "sequence_workers": collate_fn.workers if collate_fn.per_sequence else 1,
     })
     targets = sorted(next(iter(model.peft_config.values())).target_modules or [])
     return TrainResult(model=model, history=history, metrics=final, weights=weights, config=config,
