@@ -39,6 +39,22 @@ def dropout_seed(seed: int, microbatch: int, example: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # < 2**63
 
 
+class _Dropped(torch.autograd.Function):
+    """x * keep / (1 - p), keeping the mask for the backward as bools (a quarter of a float mask:
+    with dropout on every LoRA input, masks are a large share of a training step's memory)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x.mul(scale).mul_(keep)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return grad.mul(ctx.scale).mul_(keep), None, None
+
+
 class SeededDropout(torch.nn.Dropout):
     """``nn.Dropout`` that draws from the thread's :func:`dropout_generator` when one is set."""
 
@@ -46,8 +62,8 @@ class SeededDropout(torch.nn.Dropout):
         generator = getattr(_local, "generator", None)
         if generator is None or not self.training or self.p == 0:
             return super().forward(x)
-        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=generator).div_(1 - self.p)
-        return x * keep
+        keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - self.p, generator=generator)
+        return _Dropped.apply(x, keep, 1.0 / (1 - self.p))
 
 
 def use_seeded_dropout(model) -> int:

@@ -10,7 +10,7 @@ import torch
 from alignment.config import KTOConfig
 from alignment.data import collate, tokenize_rows
 from alignment.logps import per_sequence_logps, sequence_logps, supports_per_sequence
-from alignment.lora import SeededDropout, dropout_seed
+from alignment.lora import SeededDropout, dropout_generator, dropout_seed
 from alignment.train import train_kto
 from tests.alignment.test_packing import TOL, lora_model, rows_with_a_cut_kl_prompt
 
@@ -231,3 +231,21 @@ def test_training_with_dropout_is_the_same_on_one_thread_or_several(tiny_dir, ti
         assert all(torch.equal(adapter[n], one[1][n]) for n in adapter)
     # The dropout is real: without it the same run moves differently (step 1's gradient already differs).
     assert run(2, dropout=0.0)[0][0][2] != one[0][0][2]
+
+
+def test_seeded_dropout_scales_the_kept_inputs_and_their_gradient():
+    dropout = SeededDropout(0.25).train()
+    x = torch.randn(64, 32, requires_grad=True)
+    with dropout_generator(torch.Generator().manual_seed(3)):
+        out = dropout(x)
+    keep = torch.empty(x.shape, dtype=torch.bool).bernoulli_(0.75, generator=torch.Generator().manual_seed(3))
+    assert 0.6 < keep.float().mean() < 0.9
+    assert torch.allclose(out, x.detach() * keep / 0.75)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.allclose(grad, keep / 0.75)
+    # Without a generator it is nn.Dropout (the global generator); in eval mode, the identity.
+    torch.manual_seed(0)
+    plain = dropout(x)
+    torch.manual_seed(0)
+    assert torch.equal(plain, torch.nn.functional.dropout(x, 0.25, True))
+    assert torch.equal(dropout.eval()(x), x)
