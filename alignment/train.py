@@ -48,6 +48,11 @@ class TrainingCancelled(Exception):
         self.step = step
 
 
+class CheckpointMismatch(ValueError):
+    """The checkpoint was written for other rows, hyper-parameters, device type or dtype: it cannot
+    continue this run (the caller may delete it and start afresh)."""
+
+
 @dataclass
 class TrainResult:
     model: object  # the PeftModel; ``model.save_pretrained(dir)`` writes the adapter
@@ -323,12 +328,12 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, reference, finge
     state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     saved = state.get("runtime")
     if runtime is not None and saved is not None and saved != runtime:
-        raise ValueError(
+        raise CheckpointMismatch(
             f"checkpoint in {path} was written on {saved['device']} in {saved['dtype']}, this run is on "
             f"{runtime['device']} in {runtime['dtype']}; resume with the same device and dtype, or delete it"
         )
     if state["fingerprint"] != fingerprint:
-        raise ValueError(
+        raise CheckpointMismatch(
             f"checkpoint in {path} was written for other rows or hyper-parameters; "
             "delete it or train with resume=False"
         )

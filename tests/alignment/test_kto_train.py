@@ -12,7 +12,15 @@ from alignment.config import KTOConfig
 from alignment.data import Example, collate, tokenize_rows
 from alignment.evaluate import evaluate_kto
 from alignment.logps import sequence_logps
-from alignment.train import CHECKPOINT_FILE, Plan, TrainingCancelled, _fingerprint, _runtime, train_kto
+from alignment.train import (
+    CHECKPOINT_FILE,
+    CheckpointMismatch,
+    Plan,
+    TrainingCancelled,
+    _fingerprint,
+    _runtime,
+    train_kto,
+)
 
 FAST = {"batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_length": 64, "device": "cpu"}
 
@@ -154,7 +162,7 @@ def test_resume_refuses_a_checkpoint_of_another_dtype_or_device(tiny_dir, tiny_t
     config = KTOConfig(max_steps=2, checkpoint_every=1, dtype="float32", **FAST)
     train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows, config, checkpoint_dir=tmp_path)
     # The same rows and hyper-parameters in another dtype: its moments and reference log-probs do not carry over.
-    with pytest.raises(ValueError, match="written on cpu in float32, this run is on cpu in bfloat16"):
+    with pytest.raises(CheckpointMismatch, match="written on cpu in float32, this run is on cpu in bfloat16"):
         train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows,
                   dataclasses.replace(config, dtype="bfloat16"), checkpoint_dir=tmp_path, resume=True)
     examples = tokenize_rows(rows, tiny_tokenizer)
