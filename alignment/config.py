@@ -54,7 +54,28 @@ class KTOConfig:
     batch_size must be >= 2: the KL estimate z0 pairs each prompt with
     another example's completion in the same microbatch; with one example
     that "mismatched" pair is the matched pair, so z0 equals the reward and
-    the loss stops carrying signal.
+    the loss stops carrying signal. For the same reason a KL partner never
+    has its example's prompt (paired imports and ``aggregation="all"`` put
+    several responses of one prompt in a snapshot) unless the microbatch
+    holds a single prompt.
+
+    Class imbalance: the minority class is up-weighted (``alignment.weights``)
+    but never beyond ``max_class_weight`` (default 10, about the imbalance
+    the paper tested); past it the job record's class weights say
+    ``capped``. With ``stratify`` (default) every microbatch holds both
+    classes where the counts allow: at 1:100 with batches of 8 the ~1 %
+    of minority rows are spread one per microbatch instead of clumping
+    (shuffled, most microbatches would hold none).
+
+    Single-class snapshots (only thumbs-up, or only thumbs-down): by default
+    the job fails before training with a message naming the missing class.
+    With ``allow_single_class`` it trains with both weights 1: the loss then
+    only pushes that class's rewards above (desirable) or below
+    (undesirable) the KL baseline z0, with nothing on the other side to
+    contrast, so the adapter mostly learns "more / less like these answers".
+    Such a job cannot pass the held-out gate, which needs both classes on
+    the held-out side (the reward margin is undefined without them); it
+    publishes only with ``force_publish``.
     """
 
     # KTO
@@ -63,7 +84,8 @@ class KTOConfig:
     undesirable_weight: float | None = None
     kl_mode: KLMode = "estimate"  # "zero": z0 = 0, the paper's SFT-then-KTO case
     kl_pairing: KLPairing = "next"  # KL partner of i: "next" = (i+1) mod m, "previous" = (i-1) mod m (TRL)
-    allow_single_class: bool = False  # train on a snapshot with one class only (weights 1, 1)
+    allow_single_class: bool = False  # train on a snapshot with one class only (weights 1, 1; see the docstring)
+    max_class_weight: float = 10.0  # cap on the minority class's weight from the counts (explicit weights: as given)
 
     # Optimisation
     learning_rate: float = 1e-3  # measured: see the class docstring
@@ -82,6 +104,7 @@ class KTOConfig:
     max_prompt_length: int | None = None  # prompt share kept when both are long; None = max_length // 2
     group_by_length: bool = True  # microbatches of similar length: less padding
     shuffle: bool = True  # False: microbatches take the rows in order, epochs too (benchmarks, comparisons)
+    stratify: bool = True  # every microbatch holds both classes where the counts allow (False: as the order falls)
 
     # LoRA
     lora_r: int = 16
@@ -199,6 +222,12 @@ def _check_values(c: KTOConfig) -> None:
         )
     if not 0 <= c.warmup_ratio < 1:
         raise ConfigError(f"warmup_ratio must be in [0, 1), got {c.warmup_ratio}")
+    _positive("max_class_weight", c.max_class_weight)
+    if c.max_class_weight < 1:
+        raise ConfigError(
+            f"max_class_weight must be >= 1, got {c.max_class_weight}: it caps how far the minority class is "
+            "up-weighted (the majority keeps weight 1); the default 10 covers the imbalances the KTO paper tested"
+        )
     if not 0 <= c.lora_dropout < 1:
         raise ConfigError(f"lora_dropout must be in [0, 1), got {c.lora_dropout}")
     if (c.desirable_weight is None) != (c.undesirable_weight is None):

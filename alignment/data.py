@@ -17,13 +17,16 @@ first); BOS is always kept.
 The KL partner of example i in a microbatch of m is example (i+1) mod m
 ("next", DESIGN.md) or (i-1) mod m ("previous", TRL's choice): same
 estimator, other neighbour. Its sequence is i's prompt with the partner's
-completion.
+completion. A partner with the same prompt would make that "mismatched"
+pair a matched one (paired imports, several responses per prompt), so then
+the neighbours are taken around a ring that keeps equal prompts apart
+(:func:`kl_partners`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +115,8 @@ class Batch:
     kl_pairs: list[Pair] | None = None
     per_sequence: bool = False  # score with one forward per example (alignment.logps.per_sequence_logps)
     workers: int = 1  # per-sequence layout: threads scoring examples at once
+    kl_partners: list[int] | None = None  # position of each example's KL partner in the microbatch
+    dropout_seeds: list[int] | None = None  # per example: its LoRA dropout generator's seed (training only)
 
 
 def _as_messages(value, *, index: int, field: str) -> list[dict]:
@@ -208,6 +213,44 @@ def kl_partner(i: int, m: int, pairing: str) -> int:
     raise ValueError(f"pairing must be 'next' or 'previous', got {pairing!r}")
 
 
+def _ring_without_neighbours(prompts: Sequence[Hashable]) -> list[int]:
+    """Positions in a cyclic order where no two neighbours share a prompt, whenever no prompt holds
+    more than half of them: the groups, largest first, laid on the even slots, then the odd ones."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(i)
+    flat = [i for group in sorted(groups.values(), key=len, reverse=True) for i in group]
+    ring = [0] * len(flat)
+    slots = list(range(0, len(flat), 2)) + list(range(1, len(flat), 2))
+    for slot, i in zip(slots, flat, strict=True):
+        ring[slot] = i
+    return ring
+
+
+def kl_partners(prompts: Sequence[Hashable], pairing: str) -> list[int]:
+    """Position of each example's KL partner, given the examples' prompts (m >= 2).
+
+    Distinct neighbours keep :func:`kl_partner` exactly. Otherwise the
+    partners are the neighbours around a ring that keeps equal prompts
+    apart (still a permutation: each completion is used once); where one
+    prompt holds more than half the microbatch no permutation can avoid
+    it, and such an example's partner is the next one along the ring with
+    another prompt. Only a microbatch of one prompt keeps shared-prompt pairs.
+    """
+    m = len(prompts)
+    step = kl_partner(0, m, pairing)  # validates pairing: 1 ("next") or m - 1 ("previous")
+    ring = list(range(m))
+    if any(prompts[i] == prompts[(i + 1) % m] for i in range(m)) and len(set(prompts)) > 1:
+        ring = _ring_without_neighbours(prompts)
+    partners = [0] * m
+    for k, i in enumerate(ring):
+        j = (k + step) % m
+        while prompts[ring[j]] == prompts[i] and ring[j] != i:
+            j = (j + step) % m
+        partners[i] = ring[j] if ring[j] != i else ring[(k + step) % m]
+    return partners
+
+
 def _pad(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Sequences:
     width = max(len(p) + len(c) for p, c in pairs)
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
@@ -300,7 +343,8 @@ def collate(examples: Sequence[Example], indices: Sequence[int], *, max_length: 
                         max_length=max_length, prompt_budget=prompt_budget)
 
     matched = [fit(e, e) for e in chosen]
-    kl = [fit(chosen[i], chosen[kl_partner(i, m, pairing)]) for i in range(m)] if with_kl else None
+    partners = kl_partners([e.prefix + e.prompt for e in chosen], pairing) if with_kl else None
+    kl = [fit(chosen[i], chosen[partners[i]]) for i in range(m)] if with_kl else None
     return Batch(
         indices=list(indices),
         matched=_pad(matched, pad_id),
@@ -310,28 +354,92 @@ def collate(examples: Sequence[Example], indices: Sequence[int], *, max_length: 
         packed=pack(matched, kl, pad_id) if packed else None,
         matched_pairs=matched,
         kl_pairs=kl,
+        kl_partners=partners,
     )
 
 
+def _batch_sizes(n: int, batch_size: int) -> list[int]:
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    if len(sizes) > 1 and sizes[-1] == 1:  # a batch of one has no KL partner: it joins the one before
+        sizes[-2] += sizes.pop()
+    return sizes
+
+
+def class_quotas(sizes: Sequence[int], n_true: int) -> list[int]:
+    """How many of the ``n_true`` rows of one class go to each batch of ``sizes``.
+
+    Spread evenly in proportion to size (rounded along the cumulative
+    count, so k < len(sizes) rows land one per ~len/k batches), then moved
+    one by one so that every batch holds both classes where the counts
+    allow: no batch lacks a class while another holds two or more of it.
+    """
+    n = sum(sizes)
+    quotas, start = [], 0
+    for size in sizes:
+        end = start + size
+        quotas.append((2 * end * n_true + n) // (2 * n) - (2 * start * n_true + n) // (2 * n))
+        start = end
+    others = [s - q for s, q in zip(sizes, quotas, strict=True)]
+    for mine, theirs in ((quotas, others), (others, quotas)):
+        while True:
+            lacking = next((b for b, q in enumerate(mine) if q == 0), None)
+            donor = max(range(len(mine)), key=lambda b: (mine[b], -b))
+            if lacking is None or mine[donor] < 2:
+                break
+            mine[donor] -= 1
+            theirs[donor] += 1
+            mine[lacking] += 1
+            theirs[lacking] -= 1
+    return quotas
+
+
 def plan_batches(lengths: Sequence[int], batch_size: int, *, seed: int, group_by_length: bool,
-                 shuffle: bool = True) -> list[list[int]]:
+                 shuffle: bool = True, labels: Sequence[bool] | None = None) -> list[list[int]]:
     """Fixed microbatch composition for a whole job.
 
     Shuffled with ``seed``; with ``group_by_length``, each window of 32
     batches is sorted by length before being cut, so a batch wastes little
     padding while batches still mix the data. A last batch of one example
     joins the one before it (a batch of one has no KL partner).
+
+    With ``labels`` (stratified), each batch takes its quota of each class
+    (:func:`class_quotas`), both classes in their shuffled order; with
+    ``group_by_length`` each class is sorted by length inside the window,
+    so a batch holds the k-th longest rows of both classes (as little
+    padding as the classes' lengths allow). A batch lists its rows longest
+    first when grouped, else in shuffled order.
     """
+    if labels is not None and len(labels) != len(lengths):
+        raise ValueError(f"{len(labels)} labels for {len(lengths)} rows")
     order = list(range(len(lengths)))
     if shuffle:
         random.Random(seed).shuffle(order)
-    if group_by_length:
-        window = batch_size * 32
-        order = [i for start in range(0, len(order), window)
-                 for i in sorted(order[start:start + window], key=lambda i: -lengths[i])]
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2].extend(batches.pop())
+    sizes = _batch_sizes(len(order), batch_size)
+    window = 32
+    n_true = sum(1 for i in order if labels[i]) if labels is not None else 0
+    if labels is None or n_true in (0, len(order)):
+        if group_by_length:
+            order = [i for start in range(0, len(order), batch_size * window)
+                     for i in sorted(order[start:start + batch_size * window], key=lambda i: -lengths[i])]
+        cuts = [sum(sizes[:b]) for b in range(len(sizes) + 1)]
+        return [order[cuts[b]:cuts[b + 1]] for b in range(len(sizes))]
+
+    rank = {i: r for r, i in enumerate(order)}
+    streams = {True: iter([i for i in order if labels[i]]), False: iter([i for i in order if not labels[i]])}
+    quotas = class_quotas(sizes, n_true)
+    batches = []
+    for start in range(0, len(sizes), window if group_by_length else len(sizes)):
+        span = range(start, min(start + window, len(sizes)) if group_by_length else len(sizes))
+        take = {True: sum(quotas[b] for b in span), False: sum(sizes[b] - quotas[b] for b in span)}
+        rows = {label: [next(streams[label]) for _ in range(take[label])] for label in (True, False)}
+        if group_by_length:
+            rows = {label: sorted(part, key=lambda i: -lengths[i]) for label, part in rows.items()}
+        rows = {label: iter(part) for label, part in rows.items()}
+        for b in span:
+            members = [next(rows[True]) for _ in range(quotas[b])] + \
+                      [next(rows[False]) for _ in range(sizes[b] - quotas[b])]
+            key = (lambda i: (-lengths[i], rank[i])) if group_by_length else rank.__getitem__
+            batches.append(sorted(members, key=key))
     return batches
 
 

@@ -60,7 +60,8 @@ def evaluate_kto(
     if desirable_weight is None:
         desirable_weight, undesirable_weight = config.desirable_weight, config.undesirable_weight
     weights = class_weights(n_desirable, len(examples) - n_desirable, desirable_weight=desirable_weight,
-                            undesirable_weight=undesirable_weight, allow_single_class=True)
+                            undesirable_weight=undesirable_weight, allow_single_class=True,
+                            max_class_weight=config.max_class_weight)
     collate_fn = Collator(examples, tokenizer, config, device, model)
     batches = plan_batches([e.num_tokens for e in examples], config.batch_size, seed=config.seed,
                            group_by_length=config.group_by_length, shuffle=False)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from alignment.data import Packed, Pair, Sequences
+from alignment.lora import SeededDropout, dropout_generator
 
 # Config attributes that post-process logits after the LM head.
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -154,14 +155,16 @@ def _score_example(decoder, head, pair: Pair, kl_pair: Pair | None, device) -> t
     return matched, kl
 
 
-def _draws_random(model) -> bool:
-    """Whether a forward of ``model`` as it is now (train mode, dropout) consumes random numbers."""
+def _draws_global_random(model, *, seeded: bool) -> bool:
+    """Whether a forward of ``model`` as it is now (train mode, dropout) draws from torch's global
+    generator. With ``seeded``, LoRA's :class:`~alignment.lora.SeededDropout` draws from the example's own."""
     if not model.training:
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if any(getattr(base.config, name, 0) or 0 for name in ("attention_dropout", "attn_pdrop", "dropout")):
         return True
-    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 and not (seeded and isinstance(m, SeededDropout))
+               for m in model.modules())
 
 
 def _balanced_chunks(sizes: Sequence[int], workers: int) -> list[list[int]]:
@@ -175,12 +178,21 @@ def _balanced_chunks(sizes: Sequence[int], workers: int) -> list[list[int]]:
     return [sorted(c) for c in chunks if c]
 
 
-def _in_order(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], n: int, device) -> torch.Tensor:
+def _in_order(parts: Sequence[tuple[Sequence[int], Sequence[torch.Tensor]]], n: int, device) -> torch.Tensor:
     """(n,) fp32: each chunk's values put back at its example indices."""
     out = torch.empty(n, dtype=torch.float32, device=device)
     for idx, values in parts:
-        out[idx] = values
+        for i, value in zip(idx, values, strict=True):
+            out[i] = value
     return out
+
+
+class _Inline:
+    """The caller's thread, with torch's own intra-op threads (one chunk: nothing to run side by side)."""
+
+    @staticmethod
+    def map(fn, items):
+        return [fn(item) for item in items]
 
 
 class _OneThreadEach:
@@ -207,18 +219,20 @@ class _OneThreadEach:
 
 
 class _ParallelBackward(torch.autograd.Function):
-    """Joins per-thread graphs into one (B,) tensor whose backward also runs on the threads.
+    """Joins per-example graphs into one (B,) tensor whose backward runs on the same threads.
 
-    Each chunk's backward is ``torch.autograd.grad`` into the trainable
-    parameters (never ``.grad`` from two threads at once: that would race);
-    the chunks' gradients are summed in a fixed order and handed to autograd.
+    Each example's backward is its own ``torch.autograd.grad`` into the
+    trainable parameters (never ``.grad`` from two threads at once: that
+    would race), and the examples' gradients are summed in example order:
+    the result is the same bits whichever thread ran which example, and
+    however many threads there were.
     """
 
     @staticmethod
     def forward(ctx, parts, pool, *params):
-        ctx.parts, ctx.pool = parts, pool  # [(indices, (n,) tensor with its graph)]
+        ctx.parts, ctx.pool = parts, pool  # [(indices, [0-dim tensor with its graph, ...])]
         ctx.save_for_backward(*params)
-        return _in_order([(idx, values.detach()) for idx, values in parts],
+        return _in_order([(idx, [v.detach() for v in values]) for idx, values in parts],
                          sum(len(idx) for idx, _ in parts), params[0].device)
 
     @staticmethod
@@ -226,21 +240,31 @@ class _ParallelBackward(torch.autograd.Function):
         inputs = ctx.needs_input_grad[2:]
         targets = [p for p, needed in zip(ctx.saved_tensors, inputs, strict=True) if needed]
 
-        def chunk_grads(part):
+        def example_grads(part):
             idx, values = part
-            if not values.requires_grad:  # a chunk without scored tokens
-                return [torch.zeros_like(t) for t in targets]
-            grads = torch.autograd.grad(values, targets, grad_output[idx], allow_unused=True)
-            return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, targets, strict=True)]
+            out = []
+            for i, value in zip(idx, values, strict=True):
+                if not value.requires_grad:  # an example without scored tokens
+                    continue
+                grads = torch.autograd.grad(value, targets, grad_output[i], allow_unused=True)
+                out.append((i, grads))
+            return out
 
-        per_chunk = ctx.pool.map(chunk_grads, ctx.parts)
+        per_example = sorted((g for chunk in ctx.pool.map(example_grads, ctx.parts) for g in chunk),
+                             key=lambda item: item[0])
         ctx.parts = None  # free the graphs
-        summed = iter([sum(gs[1:], gs[0]) for gs in zip(*per_chunk, strict=True)])
+        summed = [torch.zeros_like(t) for t in targets]
+        for _, grads in per_example:
+            for total, g in zip(summed, grads, strict=True):
+                if g is not None:
+                    total += g
+        summed = iter(summed)
         return (None, None, *[next(summed) if needed else None for needed in inputs])
 
 
 def per_sequence_logps(model, matched: Sequence[Pair], kl: Sequence[Pair] | None, device, *,
-                       workers: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       workers: int = 1, seeds: Sequence[int] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """((B,), (B,) or None): summed completion log-probs, one forward per example.
 
     No padding and no attention mask (attention takes its causal fast path),
@@ -254,30 +278,34 @@ def per_sequence_logps(model, matched: Sequence[Pair], kl: Sequence[Pair] | None
     ``workers`` > 1 scores the examples on that many threads with one
     intra-op thread each (small matmuls scale better across examples than
     inside one), and runs the backward of the matched sums on them too.
+    ``seeds`` (one per example) gives each example its own LoRA dropout
+    generator, so a training forward with dropout runs on threads too and
+    gives the same result with any number of workers.
     """
     decoder, head = _split_head(model)
     kl_of = (lambda i: kl[i]) if kl is not None else (lambda i: None)
 
+    def one(i):
+        if seeds is None:
+            return _score_example(decoder, head, matched[i], kl_of(i), device)
+        with dropout_generator(torch.Generator(device=device).manual_seed(seeds[i])):
+            return _score_example(decoder, head, matched[i], kl_of(i), device)
+
     def score(chunk):
-        return [_score_example(decoder, head, matched[i], kl_of(i), device) for i in chunk]
+        return [one(i) for i in chunk]
 
     chunks = _balanced_chunks([len(p) + len(c) for p, c in matched], workers)
-    if len(chunks) == 1:
-        scored = score(range(len(matched)))
-        kl_out = torch.stack([k for _, k in scored]) if kl is not None else None
-        return torch.stack([m for m, _ in scored]), kl_out
-
-    pool = _OneThreadEach(len(chunks))
-    # Dropout draws from the global generator: threads would draw in a random order and a run
-    # would no longer repeat (nor resume) exactly. Such forwards stay serial; the backward does not draw.
-    results = [score(chunk) for chunk in chunks] if _draws_random(model) else pool.map(score, chunks)
-    parts = [(torch.tensor(chunk, device=device), torch.stack([m for m, _ in scored]))
-             for chunk, scored in zip(chunks, results, strict=True)]
+    pool = _OneThreadEach(len(chunks)) if len(chunks) > 1 else _Inline()
+    # Dropout drawing from the global generator would draw in thread order, and a run would no longer
+    # repeat (nor resume) exactly: such forwards stay serial. The backward draws nothing.
+    serial = len(chunks) == 1 or _draws_global_random(model, seeded=seeds is not None)
+    results = [score(chunk) for chunk in chunks] if serial else pool.map(score, chunks)
+    parts = [(chunk, [m for m, _ in scored]) for chunk, scored in zip(chunks, results, strict=True)]
     kl_out = None
     if kl is not None:
-        kl_out = _in_order([(idx, torch.stack([k for _, k in scored]))
-                            for (idx, _), scored in zip(parts, results, strict=True)], len(matched), device)
-    if not any(values.requires_grad for _, values in parts):
+        kl_out = _in_order([(chunk, [k for _, k in scored]) for chunk, scored in zip(chunks, results, strict=True)],
+                           len(matched), device)
+    if not any(v.requires_grad for _, values in parts for v in values):
         return _in_order(parts, len(matched), device), kl_out
     params = [p for p in model.parameters() if p.requires_grad]
     return _ParallelBackward.apply(parts, pool, *params), kl_out

@@ -1,9 +1,83 @@
 """LoRA on a frozen base: the policy is base + adapter, the reference is the
-same network with the adapter disabled (one copy of the weights)."""
+same network with the adapter disabled (one copy of the weights).
+
+LoRA dropout draws from a generator of the example being scored
+(:func:`dropout_generator`), not from torch's global one: examples scored on
+parallel threads then get the same masks whichever thread runs them, so a
+run repeats (and resumes) exactly. Outside such a context it draws from the
+global generator, as ``nn.Dropout`` does.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
 from alignment.config import ConfigError, KTOConfig
+
+_local = threading.local()
+
+
+@contextmanager
+def dropout_generator(generator: torch.Generator | None) -> Iterator[None]:
+    """LoRA dropout in this thread draws from ``generator`` inside the block."""
+    saved = getattr(_local, "generator", None)
+    _local.generator = generator
+    try:
+        yield
+    finally:
+        _local.generator = saved
+
+
+def dropout_seed(seed: int, microbatch: int, example: int) -> int:
+    """The dropout seed of one example in one microbatch of a job (the same on every thread and resume)."""
+    digest = hashlib.blake2b(f"{seed}:{microbatch}:{example}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # < 2**63
+
+
+class _Dropped(torch.autograd.Function):
+    """x * keep / (1 - p), keeping the mask for the backward as bools (a quarter of a float mask:
+    with dropout on every LoRA input, masks are a large share of a training step's memory)."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale):
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x.mul(scale).mul_(keep)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return grad.mul(ctx.scale).mul_(keep), None, None
+
+
+class SeededDropout(torch.nn.Dropout):
+    """``nn.Dropout`` that draws from the thread's :func:`dropout_generator` when one is set."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        generator = getattr(_local, "generator", None)
+        if generator is None or not self.training or self.p == 0:
+            return super().forward(x)
+        keep = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - self.p, generator=generator)
+        return _Dropped.apply(x, keep, 1.0 / (1 - self.p))
+
+
+def use_seeded_dropout(model) -> int:
+    """Swap every LoRA dropout of ``model`` for a :class:`SeededDropout` of the same p; returns how many."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, torch.nn.ModuleDict):
+            continue
+        for name, dropout in list(dropouts.items()):
+            if type(dropout) is torch.nn.Dropout:
+                dropouts[name] = SeededDropout(dropout.p)
+                swapped += 1
+    return swapped
 
 # Attention projections by architecture family, most common first.
 ATTENTION_PROJECTIONS = (
@@ -36,14 +110,16 @@ def attach_lora(model, config: KTOConfig):
     ``model`` is changed in place (PEFT injects the LoRA layers); its own
     weights are frozen and never updated. A model that already is a
     PeftModel is returned as it is, its active adapter being trained further.
+    Either way its LoRA dropouts become :class:`SeededDropout` (same p).
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    if isinstance(model, PeftModel):
-        return model
-    targets = config.lora_target_modules or default_target_modules(model)
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=list(targets), bias="none", task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
+    if not isinstance(model, PeftModel):
+        targets = config.lora_target_modules or default_target_modules(model)
+        lora = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=list(targets), bias="none", task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    use_seeded_dropout(model)
+    return model

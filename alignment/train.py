@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from alignment.logps import (
     supports_packing,
     supports_per_sequence,
 )
-from alignment.lora import attach_lora
+from alignment.lora import attach_lora, dropout_seed
 from alignment.loss import kto_loss
 from alignment.weights import ClassWeights, class_weights
 
@@ -45,6 +46,11 @@ class TrainingCancelled(Exception):
     def __init__(self, step: int):
         super().__init__(f"training cancelled after {step} step(s)")
         self.step = step
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint was written for other rows, hyper-parameters, device type or dtype: it cannot
+    continue this run (the caller may delete it and start afresh)."""
 
 
 @dataclass
@@ -92,7 +98,8 @@ class Plan:
             raise ValueError("KTO needs at least 2 rows (the KL estimate pairs examples within a microbatch)")
         self.batches = plan_batches([e.num_tokens for e in examples], config.batch_size,
                                     seed=config.seed, group_by_length=config.group_by_length,
-                                    shuffle=config.shuffle)
+                                    shuffle=config.shuffle,
+                                    labels=[e.label for e in examples] if config.stratify else None)
         self.seed = config.seed
         self.shuffle = config.shuffle
         self.grad_accumulation = config.grad_accumulation
@@ -145,7 +152,8 @@ class Collator:
         self.workers = (config.sequence_workers or torch.get_num_threads()) if device.type == "cpu" else 1
         self.packed = not self.per_sequence and config.packing and model is not None and supports_packing(model)
 
-    def __call__(self, indices: Sequence[int]) -> Batch:
+    def __call__(self, indices: Sequence[int], *, microbatch: int | None = None) -> Batch:
+        """Microbatch ``indices``; ``microbatch`` (its number in the job) seeds each example's LoRA dropout."""
         c = self.config
         batch = collate(self.examples, indices, max_length=c.max_length, prompt_budget=c.prompt_budget,
                         pad_id=self.pad_id, pairing=c.kl_pairing, with_kl=c.kl_mode == "estimate",
@@ -156,6 +164,8 @@ class Collator:
         batch.packed = batch.packed.to(self.device) if batch.packed is not None else None
         batch.per_sequence = self.per_sequence
         batch.workers = self.workers
+        if microbatch is not None:
+            batch.dropout_seeds = [dropout_seed(c.seed, microbatch, i) for i in batch.indices]
         return batch
 
 
@@ -172,7 +182,7 @@ def pair_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """
     if batch.per_sequence:
         return per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, batch.labels.device,
-                                  workers=batch.workers)
+                                  workers=batch.workers, seeds=batch.dropout_seeds)
     if batch.packed is not None and not torch.is_grad_enabled():
         return packed_logps(model, batch.packed)
     matched = sequence_logps(model, batch.matched)
@@ -266,11 +276,17 @@ def summarize(losses, rewards, logps, labels, kls) -> dict:
 
 # ---------------------------------------------------------------- checkpoints
 
-def _fingerprint(examples: Sequence[Example], config: KTOConfig) -> str:
+def _runtime(device: torch.device, dtype: torch.dtype) -> dict:
+    # The device type and dtype a run computes in: a bf16 GPU checkpoint (adapter moments, reference
+    # log-probs) must not continue as a CPU fp32 run, nor the reverse. cuda:0 and cuda:1 are alike.
+    return {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def _fingerprint(examples: Sequence[Example], config: KTOConfig, runtime: dict) -> str:
     """What must match for a checkpoint to continue this run."""
-    runtime = ("checkpoint_every", "device", "sequence_layout", "sequence_workers")  # how, not what, is computed
-    settings = {k: v for k, v in config.to_dict().items() if k not in runtime}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    how = ("checkpoint_every", "device", "sequence_layout", "sequence_workers")  # how, not what, is computed
+    settings = {k: v for k, v in config.to_dict().items() if k not in how}
+    digest = hashlib.sha256(json.dumps([settings, runtime], sort_keys=True).encode())
     for e in examples:
         digest.update(json.dumps([e.prefix, e.prompt, e.completion, e.label]).encode())
     return digest.hexdigest()
@@ -280,10 +296,12 @@ def _trainable(model) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, *, step, model, optimizer, scheduler, history, reference, fingerprint) -> None:
+def save_checkpoint(path: Path, *, step, model, optimizer, scheduler, history, reference, fingerprint,
+                    runtime: dict | None = None) -> None:
     state = {
         "step": step,
         "fingerprint": fingerprint,
+        "runtime": runtime,
         "adapter": {n: p.detach().cpu().clone() for n, p in _trainable(model).items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -294,16 +312,28 @@ def save_checkpoint(path: Path, *, step, model, optimizer, scheduler, history, r
         "rng_python": random.getstate(),
     }
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{CHECKPOINT_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path / CHECKPOINT_FILE)  # atomic: a crash leaves the previous checkpoint
+    # A name of this process and attempt: two holders of one job (a reaped worker still alive and the
+    # new one) never write into the same temporary file; the last complete one wins the rename.
+    tmp = path / f".{CHECKPOINT_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path / CHECKPOINT_FILE)  # atomic: a crash leaves the previous checkpoint
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("checkpoint at step %d in %s", step, path)
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, reference, fingerprint) -> tuple[int, list[dict]]:
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, reference, fingerprint,
+                    runtime: dict | None = None) -> tuple[int, list[dict]]:
     state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    saved = state.get("runtime")
+    if runtime is not None and saved is not None and saved != runtime:
+        raise CheckpointMismatch(
+            f"checkpoint in {path} was written on {saved['device']} in {saved['dtype']}, this run is on "
+            f"{runtime['device']} in {runtime['dtype']}; resume with the same device and dtype, or delete it"
+        )
     if state["fingerprint"] != fingerprint:
-        raise ValueError(
+        raise CheckpointMismatch(
             f"checkpoint in {path} was written for other rows or hyper-parameters; "
             "delete it or train with resume=False"
         )
@@ -361,7 +391,8 @@ def train_kto(
     n_desirable = sum(e.label for e in examples)
     weights = class_weights(n_desirable, len(examples) - n_desirable,
                             desirable_weight=config.desirable_weight, undesirable_weight=config.undesirable_weight,
-                            allow_single_class=config.allow_single_class)
+                            allow_single_class=config.allow_single_class,
+                            max_class_weight=config.max_class_weight)
     plan = Plan(examples, config)
     log.info("KTO: %d rows (%d desirable), %d microbatches, %d steps; weights %.3f/%.3f (%s)",
              len(examples), n_desirable, len(plan.batches), plan.total_steps,
@@ -376,12 +407,13 @@ def train_kto(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, plan.total_steps))
 
     reference = ReferenceCache(len(examples)) if config.precompute_reference else None
-    fingerprint = _fingerprint(examples, config)
+    runtime = _runtime(device, dtype)
+    fingerprint = _fingerprint(examples, config, runtime)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start_step, history = 0, []
     if resume and ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():
         start_step, history = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
-                                              reference=reference, fingerprint=fingerprint)
+                                              reference=reference, fingerprint=fingerprint, runtime=runtime)
     if reference is not None and bool(reference.matched.isnan().any()):  # not restored from a checkpoint
         started = time.perf_counter()
         reference.fill(model, collate_fn, plan.batches, should_stop)
@@ -395,7 +427,7 @@ def train_kto(
         micro = plan.step_microbatches(step)
         losses, rewards, logps, labels, kls, tokens = [], [], [], [], [], 0
         for k in micro:
-            batch = collate_fn(plan.microbatch(k))
+            batch = collate_fn(plan.microbatch(k), microbatch=k)
             if reference is not None:
                 ref, ref_kl = reference.get(batch, device)
             else:
@@ -433,7 +465,7 @@ def train_kto(
             on_progress(step + 1, plan.total_steps, metrics)
         if ckpt is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             save_checkpoint(ckpt, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                            history=history, reference=reference, fingerprint=fingerprint)
+                            history=history, reference=reference, fingerprint=fingerprint, runtime=runtime)
 
     model.eval()
     runtime = time.perf_counter() - run_started
@@ -447,6 +479,9 @@ def train_kto(
         # From the steps' own timings: right across a resume too.
         "train_tokens_per_s": total_tokens / sum(h["tokens"] / h["tokens_per_s"] for h in history)
         if history and all(h["tokens_per_s"] for h in history) else None,
+        # How the work was laid out (auto resolves by device): what a throughput figure depends on.
+        "sequence_layout": "per_sequence" if collate_fn.per_sequence else "batched",
+        "sequence_workers": collate_fn.workers if collate_fn.per_sequence else 1,
     })
     targets = sorted(next(iter(model.peft_config.values())).target_modules or [])
     return TrainResult(model=model, history=history, metrics=final, weights=weights, config=config,

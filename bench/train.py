@@ -1,15 +1,22 @@
 """Prospect's KTO trainer against TRL's KTOTrainer on the same work, in one run.
 
-    .venv/bin/python bench/train.py [--model smollm2|tiny] [--steps 8] [--rounds 1]
+    .venv/bin/python bench/train.py [--model smollm2|tiny] [--steps 8] [--rounds 1] [--lora-dropout P]
 
-Same rows, same data order (TRL's sequential sampler; Prospect with
-``shuffle=False``, ``group_by_length=False``), same model, LoRA r16/alpha32 on
-q/k/v/o (dropout 0: TRL disables dropout by default), batch 8, max length 256,
-lr 5e-6 (linear decay, no warmup), beta 0.1, weights 1/1, KL partner i-1 (TRL's
-pairing), fp32 on CPU (bf16 on CUDA). TRL runs twice: its defaults and
-``precompute_ref_log_probs=True``; both with ``gradient_checkpointing=False``
-(TRL's own default is True, which only slows it down for a 135M model; pass
-``--trl-gradient-checkpointing`` to measure that too).
+Prospect runs at ``KTOConfig``'s defaults except where a fair comparison
+needs TRL's settings: the same rows in the same order (TRL's sequential
+sampler; Prospect with ``shuffle=False``, ``group_by_length=False``,
+``stratify=False``), batch 8, max length 256, the same learning rate (default:
+Prospect's, 1e-3) on the same schedule (linear decay, no warmup), beta 0.1,
+weights 1/1, KL partner i-1 (TRL's pairing), max grad norm 1. Everything else
+is Prospect's default, LoRA included: r16 / alpha 32 / dropout 0.05 on the
+architecture's attention projections (q/k/v/o on SmolLM2), the per-sequence
+layout on examples in parallel threads, the reference precomputed. TRL gets
+the *same* LoRA (rank, alpha, dropout, targets) and ``disable_dropout=False``
+(its default, True, would zero the LoRA dropout as well). fp32 on CPU (bf16
+on CUDA). TRL runs twice: its defaults and ``precompute_ref_log_probs=True``;
+both with ``gradient_checkpointing=False`` (TRL's own default is True, which
+only slows it down for a 135M model; pass ``--trl-gradient-checkpointing`` to
+measure that too).
 
 Timed work: for Prospect the whole ``train_kto`` call (tokenisation, LoRA,
 reference precompute, steps); for TRL ``KTOTrainer(...)`` (tokenisation, LoRA,
@@ -21,7 +28,11 @@ reported. Tokens are the prompt + completion tokens of the training rows.
 
 Parity: Prospect's adapter after its timed steps is loaded into a PEFT model;
 Prospect's ``evaluate_kto`` and TRL's ``compute_loss`` then score the same
-first batch (eval mode, pairing i-1).
+first batch in eval mode (pairing i-1). Eval mode turns dropout off in both,
+so the two scores are deterministic and comparable (|loss diff| <= 1e-4)
+although the training runs drew different dropout masks; the final training
+losses therefore differ a little when dropout > 0 (with ``--lora-dropout 0``
+they match as well).
 
 The rows (``synthetic_rows``): deterministic chat-like feedback, half up, half
 down. A prompt is 1-6 sentences (5-80 words) under the model's chat template,
@@ -136,33 +147,38 @@ def _peak_mb() -> float:
 
 
 # The optimisations one at a time, for the README's table (``--ablation``): each row adds one to the last.
+# The first rows run without dropout (as the table was first measured); the last adds the default dropout.
 ABLATION = (
     ("baseline: padded batches, full-vocab head, reference each step",
-     {"sequence_layout": "batched", "packing": False, "precompute_reference": False}, True),
+     {"sequence_layout": "batched", "packing": False, "precompute_reference": False, "lora_dropout": 0.0}, True),
     ("+ LM head only at completion positions",
-     {"sequence_layout": "batched", "packing": False, "precompute_reference": False}, False),
+     {"sequence_layout": "batched", "packing": False, "precompute_reference": False, "lora_dropout": 0.0}, False),
     ("+ reference log-probs precomputed once",
-     {"sequence_layout": "batched", "packing": False, "precompute_reference": True}, False),
+     {"sequence_layout": "batched", "packing": False, "precompute_reference": True, "lora_dropout": 0.0}, False),
     ("+ packed reference pass (each prompt once for both pairs)",
-     {"sequence_layout": "batched", "packing": True, "precompute_reference": True}, False),
+     {"sequence_layout": "batched", "packing": True, "precompute_reference": True, "lora_dropout": 0.0}, False),
     ("+ per-sequence layout (no padding; KL pair from the cached prompt)",
-     {"sequence_layout": "per_sequence", "sequence_workers": 1, "precompute_reference": True}, False),
-    ("+ examples on parallel threads, one intra-op thread each (the default)",
-     {"sequence_layout": "per_sequence", "precompute_reference": True}, False),
+     {"sequence_layout": "per_sequence", "sequence_workers": 1, "precompute_reference": True, "lora_dropout": 0.0},
+     False),
+    ("+ examples on parallel threads, one intra-op thread each",
+     {"sequence_layout": "per_sequence", "precompute_reference": True, "lora_dropout": 0.0}, False),
+    ("+ LoRA dropout 0.05 (the default) on the threads: a seeded generator per example (all defaults)",
+     {"sequence_layout": "per_sequence", "precompute_reference": True, "lora_dropout": 0.05}, False),
 )
 
 
 def _prospect_config(spec: dict):
+    """KTOConfig's defaults, except what must match TRL (see the module docstring) and --ablation's row."""
     from alignment import KTOConfig
 
-    return KTOConfig(
-        beta=spec["beta"], learning_rate=spec["lr"], max_steps=spec["steps"], batch_size=spec["batch"],
-        max_length=spec["max_length"], lr_schedule="linear", warmup_ratio=0.0, lora_r=16, lora_alpha=32,
-        lora_dropout=0.0, lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-        kl_pairing="previous", group_by_length=False, shuffle=False,
-        desirable_weight=1.0, undesirable_weight=1.0, seed=0, device=_device(),
-        **spec.get("overrides", {}),  # --ablation: the layout settings of one row
-    )
+    matched_to_trl = {
+        "beta": spec["beta"], "learning_rate": spec["lr"], "max_steps": spec["steps"], "batch_size": spec["batch"],
+        "max_length": spec["max_length"], "lr_schedule": "linear", "warmup_ratio": 0.0, "kl_pairing": "previous",
+        "group_by_length": False, "shuffle": False, "stratify": False, "desirable_weight": 1.0,
+        "undesirable_weight": 1.0, "max_grad_norm": 1.0, "seed": 0, "device": _device(),
+        "lora_dropout": spec["lora_dropout"],
+    }
+    return KTOConfig(**{**matched_to_trl, **spec.get("overrides", {})})
 
 
 def run_prospect(spec: dict) -> dict:
@@ -184,7 +200,8 @@ def run_prospect(spec: dict) -> dict:
     elapsed = time.perf_counter() - started
     result.model.save_pretrained(spec["adapter_dir"])
     return {"seconds": elapsed, "tokens": result.metrics["total_tokens"], "peak_mb": _peak_mb(),
-            "final_loss": result.history[-1]["loss"]}
+            "final_loss": result.history[-1]["loss"], "sequence_layout": result.metrics["sequence_layout"],
+            "sequence_workers": result.metrics["sequence_workers"]}
 
 
 def _trl_args(spec: dict, out: str, *, precompute: bool, steps: int):
@@ -195,6 +212,7 @@ def _trl_args(spec: dict, out: str, *, precompute: bool, steps: int):
         output_dir=out, per_device_train_batch_size=spec["batch"], max_steps=steps, learning_rate=spec["lr"],
         beta=spec["beta"], max_length=spec["max_length"], lr_scheduler_type="linear", warmup_steps=0,
         precompute_ref_log_probs=precompute, train_sampling_strategy="sequential",
+        disable_dropout=False,  # True (TRL's default) would also zero the LoRA dropout, which must match ours
         gradient_checkpointing=spec["trl_gradient_checkpointing"], bf16=cuda, use_cpu=not cuda,
         desirable_weight=1.0, undesirable_weight=1.0, logging_steps=1, report_to=[], save_strategy="no",
         disable_tqdm=True, seed=0, dataloader_num_workers=0,
@@ -217,11 +235,16 @@ def _trl_rows(rows: list[dict], tokenizer) -> list[dict]:
     return [{"prompt": prompt(r), "completion": r["completion"], "label": r["label"]} for r in rows]
 
 
-def _lora_config():
+def _lora_config(spec: dict, model):
+    """Prospect's LoRA (its config's rank, alpha and dropout, the architecture's default targets) for TRL."""
     from peft import LoraConfig
 
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    from alignment.lora import default_target_modules
+
+    config = _prospect_config(spec)
+    targets = list(config.lora_target_modules or default_target_modules(model))
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      bias="none", task_type="CAUSAL_LM", target_modules=targets)
 
 
 def run_trl(spec: dict, *, precompute: bool) -> dict:
@@ -236,7 +259,7 @@ def run_trl(spec: dict, *, precompute: bool) -> dict:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         trainer = KTOTrainer(model=model, args=_trl_args(spec, out, precompute=precompute, steps=spec["steps"]),
-                             train_dataset=dataset, processing_class=tokenizer, peft_config=_lora_config())
+                             train_dataset=dataset, processing_class=tokenizer, peft_config=_lora_config(spec, model))
         trainer.train()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -267,7 +290,7 @@ def run_parity(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as out:
         trainer = KTOTrainer(model=model, args=_trl_args(spec, out, precompute=False, steps=1),
                              train_dataset=Dataset.from_list(_trl_rows(rows, tokenizer)), processing_class=tokenizer,
-                             peft_config=_lora_config())
+                             peft_config=_lora_config(spec, model))
         weights = load_file(str(Path(spec["adapter_dir"]) / "adapter_model.safetensors"))
         loaded = set_peft_model_state_dict(trainer.model, weights)
         if loaded.unexpected_keys:
@@ -341,8 +364,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=5e-6)
-    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=None, help="both trainers (default: KTOConfig's, 1e-3)")
+    parser.add_argument("--beta", type=float, default=None, help="both trainers (default: KTOConfig's, 0.1)")
+    parser.add_argument("--lora-dropout", type=float, default=None,
+                        help="both trainers (default: KTOConfig's, 0.05; 0 reproduces the earlier figures)")
     parser.add_argument("--rounds", type=int, default=1, help="alternation rounds (median per configuration)")
     parser.add_argument("--model-dir", default=None,
                         help="converted model folder (default: var/models/smollm2-135m-instruct, or a tiny one)")
@@ -357,6 +382,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     from transformers import AutoTokenizer
 
+    from alignment import KTOConfig
+
+    defaults = KTOConfig()
+    lr = args.lr if args.lr is not None else defaults.learning_rate
+    beta = args.beta if args.beta is not None else defaults.beta
+    lora_dropout = args.lora_dropout if args.lora_dropout is not None else defaults.lora_dropout
+
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
         if args.model_dir:
@@ -368,14 +400,14 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         rows = synthetic_rows(args.steps * args.batch, tokenizer, max_length=args.max_length)
         spec = {"model_dir": str(folder), "rows": rows, "steps": args.steps, "batch": args.batch,
-                "max_length": args.max_length, "lr": args.lr, "beta": args.beta,
+                "max_length": args.max_length, "lr": lr, "beta": beta, "lora_dropout": lora_dropout,
                 "adapter_dir": str(tmp / "adapter"), "trl_gradient_checkpointing": args.trl_gradient_checkpointing}
         spec_path = tmp / "spec.json"
         spec_path.write_text(json.dumps(spec))
         if args.ablation:
             table = ablation(spec, tmp)
             print(json.dumps({"model": args.model, "steps": args.steps, "batch": args.batch,
-                              "max_length": args.max_length, "ablation": table}))
+                              "max_length": args.max_length, "lr": lr, "ablation": table}))
             return
 
         runs: dict[str, list[dict]] = {"prospect": [], "trl_default": [], "trl_precompute": []}
@@ -402,6 +434,9 @@ def main() -> None:
         "model": args.model if not args.model_dir else str(args.model_dir),
         "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "steps": args.steps, "batch": args.batch, "max_length": args.max_length, "rounds": args.rounds,
+        "lr": lr, "beta": beta, "lora_dropout": lora_dropout, "lora_r": defaults.lora_r,
+        "lora_alpha": defaults.lora_alpha, "sequence_layout": runs["prospect"][0]["sequence_layout"],
+        "sequence_workers": runs["prospect"][0]["sequence_workers"],
         "rows": len(rows), "tokens": tokens,
         "tokens_match": all(run["tokens"] == tokens for kind in runs for run in runs[kind]),
         "prospect_tokens_per_s": prospect,

@@ -297,14 +297,15 @@ class _Run:
             weights = class_weights(train_counts["desirable"], train_counts["undesirable"],
                                     desirable_weight=config.desirable_weight,
                                     undesirable_weight=config.undesirable_weight,
-                                    allow_single_class=config.allow_single_class)
+                                    allow_single_class=config.allow_single_class,
+                                    max_class_weight=config.max_class_weight)
         except ClassWeightError as exc:
             raise JobFailed(f"class weights: {exc}") from exc
         with self._session() as s:
             jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
         model, tokenizer = self._load_base(base)
-        result = self._train(live, model, tokenizer, split.train, config)
+        result = self._train(live, model, tokenizer, split.train, config, reload=lambda: self._load_base(base)[0])
         if result is None:
             return self._stopped(live)
         self.model = result.model
@@ -366,13 +367,20 @@ class _Run:
         log.info("job %s: step %d/%d loss %.4f kl %.4f", self.job_id, step, total, metrics.get("loss") or 0.0,
                  metrics.get("kl") or 0.0)
 
-    def _train(self, live: Liveness, model, tokenizer, rows: list[dict], config):
-        from alignment.train import TrainingCancelled, train_kto
+    def _train(self, live: Liveness, model, tokenizer, rows: list[dict], config, *, reload):
+        from alignment.train import CheckpointMismatch, TrainingCancelled, train_kto
 
+        ckpt = checkpoint_dir(self.settings, self.job_id)
         try:
-            return train_kto(model, tokenizer, rows, config, on_progress=self._on_progress,
-                             should_stop=live.should_stop, checkpoint_dir=checkpoint_dir(self.settings, self.job_id),
-                             resume=True)
+            try:
+                return train_kto(model, tokenizer, rows, config, on_progress=self._on_progress,
+                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
+            except CheckpointMismatch as exc:
+                # E.g. written by a GPU worker in bf16, and this is a CPU worker: start afresh.
+                log.warning("job %s: %s; starting from scratch", self.job_id, exc)
+                shutil.rmtree(ckpt, ignore_errors=True)
+                return train_kto(reload(), tokenizer, rows, config, on_progress=self._on_progress,
+                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
         except TrainingCancelled:
             return None
 

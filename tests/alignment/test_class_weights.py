@@ -34,10 +34,40 @@ def test_undesirable_minority_is_up_weighted():
 def test_every_count_pair_lands_in_band_weighting_only_the_minority():
     for n_d in range(1, 60):
         for n_u in range(1, 60):
-            w = class_weights(n_d, n_u)
+            w = class_weights(n_d, n_u, max_class_weight=100.0)
             assert BAND_LOW <= w.ratio <= BAND_HIGH, (n_d, n_u, w)
             assert min(w.desirable, w.undesirable) == 1.0
             assert max(w.desirable, w.undesirable) >= 1.0
+            assert not w.capped
+            # The default cap changes only what lies past it, and says so.
+            capped = class_weights(n_d, n_u)
+            assert max(capped.desirable, capped.undesirable) <= 10.0
+            assert capped.capped == (max(w.desirable, w.undesirable) > 10.0), (n_d, n_u)
+            if not capped.capped:
+                assert capped == w
+
+
+def test_extreme_imbalance_is_capped_and_the_record_says_so():
+    w = class_weights(10, 1000)  # 1:100; uncapped the minority would weigh 116.7
+    assert (w.desirable, w.undesirable, w.capped) == (10.0, 1.0, True)
+    assert w.ratio == pytest.approx(0.1)
+    assert "max_class_weight 10" in w.reason and "116.667" in w.reason and "outside [1, 4/3]" in w.reason
+    assert w.to_dict()["capped"] is True
+    w = class_weights(1000, 10, max_class_weight=20)
+    assert (w.desirable, w.undesirable, w.capped) == (1.0, 20.0, True)
+    assert w.ratio == pytest.approx(5.0) and "undesirable up-weighted to max_class_weight 20" in w.reason
+    # Just past the cap: the ratio can still land inside the band.
+    w = class_weights(10, 90)  # uncapped 10.5
+    assert w.capped and w.desirable == 10.0 and "inside [1, 4/3]" in w.reason
+    assert not class_weights(50, 50).capped and class_weights(50, 50).to_dict()["capped"] is False
+    # Explicit weights are the user's: not capped.
+    assert class_weights(10, 1000, desirable_weight=50.0, undesirable_weight=1.0).desirable == 50.0
+
+
+@pytest.mark.parametrize("cap", [0.5, 0, -1, float("inf"), float("nan"), True, "10"])
+def test_a_bad_cap_says_how_to_fix_it(cap):
+    with pytest.raises(ClassWeightError, match="max_class_weight must be a finite number >= 1"):
+        class_weights(10, 1000, max_class_weight=cap)
 
 
 def test_empty_class_is_an_error_unless_single_class_mode():

@@ -10,6 +10,7 @@ def test_defaults_are_valid_and_documented_values():
     assert (c.beta, c.warmup_ratio, c.lora_r, c.lora_alpha, c.lora_dropout) == (0.1, 0.1, 16, 32, 0.05)
     assert c.kl_mode == "estimate" and c.precompute_reference and c.kl_pairing == "next"
     assert c.prompt_budget == c.max_length // 2
+    assert c.max_class_weight == 10.0 and c.stratify and not c.allow_single_class
 
 
 def test_from_dict_round_trips_through_json():
@@ -42,6 +43,10 @@ def test_unknown_keys_are_named_with_the_valid_ones():
     ({"dtype": "fp8"}, "dtype must be"),
     ({"device": "tpu"}, "device must be"),
     ({"num_epochs": None}, "num_epochs may not be null"),
+    ({"max_class_weight": 0.5}, "max_class_weight must be >= 1, got 0.5: it caps how far the minority class"),
+    ({"max_class_weight": 0}, "max_class_weight must be > 0"),
+    ({"max_class_weight": None}, "max_class_weight may not be null; the default is 10.0"),
+    ({"stratify": "yes"}, "stratify must be of type bool"),
 ])
 def test_bad_values_say_how_to_fix(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):

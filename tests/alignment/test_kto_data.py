@@ -1,8 +1,19 @@
 """Rows -> tokens: chat template, single BOS, EOS, masking, truncation, KL pairs."""
 
+import random
+
 import pytest
 
-from alignment.data import RowError, collate, kl_partner, plan_batches, tokenize_rows, truncate
+from alignment.data import (
+    RowError,
+    class_quotas,
+    collate,
+    kl_partner,
+    kl_partners,
+    plan_batches,
+    tokenize_rows,
+    truncate,
+)
 
 
 def full_ids(example):
@@ -106,3 +117,109 @@ def test_length_grouping_reduces_padding():
     grouped = padding(plan_batches(lengths, 8, seed=0, group_by_length=True))
     mixed = padding(plan_batches(lengths, 8, seed=0, group_by_length=False))
     assert grouped < mixed / 4
+
+
+def paired_import_rows(n_prompts: int) -> list[dict]:
+    """What a paired import makes: each prompt twice, a chosen (up) and a rejected (down) response."""
+    rows = []
+    for p in range(n_prompts):
+        question = f"Question {p}: what is {p} plus {p}?"
+        rows.append({"prompt": question, "completion": f"It is {2 * p}.", "label": True})
+        rows.append({"prompt": question, "completion": f"It is {2 * p + 1}.", "label": False})
+    return rows
+
+
+@pytest.mark.parametrize("pairing", ["next", "previous"])
+def test_kl_partner_never_shares_the_prompt_of_paired_imports(tiny_tokenizer, pairing):
+    examples = tokenize_rows(paired_import_rows(4), tiny_tokenizer)
+    # Both responses of a prompt side by side, as length grouping tends to put them.
+    batch = collate(examples, list(range(8)), max_length=128, prompt_budget=64, pad_id=0, pairing=pairing)
+    partners = batch.kl_partners
+    assert sorted(partners) == list(range(8))  # still a permutation: each completion used once
+    for i, j in enumerate(partners):
+        assert examples[i].prompt != examples[j].prompt, (i, j)
+        n = int(batch.kl.attention_mask[i].sum())
+        # The KL sequence is i's prompt with the completion of a row of another prompt.
+        assert batch.kl.input_ids[i, :n].tolist() == list(examples[i].prefix + examples[i].prompt
+                                                          + examples[j].completion)
+        assert examples[j].completion != examples[i ^ 1].completion and j != i
+
+
+def test_kl_partners_avoid_shared_prompts_in_every_mix():
+    rng = random.Random(0)
+    for _ in range(3000):
+        m = rng.randint(2, 12)
+        prompts = [rng.randint(0, rng.randint(0, 4)) for _ in range(m)]
+        for pairing in ("next", "previous"):
+            partners = kl_partners(prompts, pairing)
+            largest = max(prompts.count(p) for p in set(prompts))
+            if len(set(prompts)) == 1:
+                assert partners == [kl_partner(i, m, pairing) for i in range(m)]
+                continue
+            assert all(prompts[j] != prompts[i] for i, j in enumerate(partners)), (prompts, pairing, partners)
+            if largest <= m // 2:
+                assert sorted(partners) == list(range(m)), (prompts, partners)
+            if len(set(prompts)) == m or all(prompts[i] != prompts[(i + 1) % m] for i in range(m)):
+                # Nothing to avoid: the plain neighbour (the bench's parity with TRL relies on it).
+                assert partners == [kl_partner(i, m, pairing) for i in range(m)]
+
+
+def test_many_rows_of_one_prompt_still_get_partners_of_other_prompts(tiny_tokenizer):
+    rows = [{"prompt": "Same question?", "completion": f"Answer {i}.", "label": i % 2 == 0} for i in range(6)]
+    rows += [{"prompt": "Other question?", "completion": "Yes.", "label": True},
+             {"prompt": "Third one?", "completion": "No.", "label": False}]
+    examples = tokenize_rows(rows, tiny_tokenizer)
+    batch = collate(examples, list(range(8)), max_length=128, prompt_budget=64, pad_id=0)
+    assert all(examples[j].prompt != examples[i].prompt for i, j in enumerate(batch.kl_partners))
+    # One prompt only: nothing else to pair with, the neighbour it is.
+    batch = collate(examples, [0, 1, 2], max_length=128, prompt_budget=64, pad_id=0)
+    assert batch.kl_partners == [1, 2, 0]
+
+
+def test_class_quotas_give_every_batch_both_classes_where_counts_allow():
+    rng = random.Random(1)
+    for _ in range(3000):
+        sizes = [rng.randint(2, 9) for _ in range(rng.randint(1, 12))]
+        n = sum(sizes)
+        k = rng.randint(0, n)
+        quotas = class_quotas(sizes, k)
+        assert sum(quotas) == k and all(0 <= q <= s for q, s in zip(quotas, sizes, strict=True))
+        with_true = sum(q > 0 for q in quotas)
+        with_false = sum(q < s for q, s in zip(quotas, sizes, strict=True))
+        assert with_true == min(k, len(sizes)), (sizes, k, quotas)
+        assert with_false == min(n - k, len(sizes)), (sizes, k, quotas)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_stratified_microbatches_hold_both_classes(grouped):
+    rng = random.Random(2)
+    lengths = [rng.randint(20, 300) for _ in range(800)]
+    labels = [i % 8 == 3 for i in range(800)]  # 1:7, 100 minority rows, 100 batches of 8
+    batches = plan_batches(lengths, 8, seed=0, group_by_length=grouped, labels=labels)
+    assert sorted(i for b in batches for i in b) == list(range(800))
+    assert all(sum(labels[i] for i in b) == 1 for b in batches)
+    assert batches == plan_batches(lengths, 8, seed=0, group_by_length=grouped, labels=labels)
+    assert batches != plan_batches(lengths, 8, seed=1, group_by_length=grouped, labels=labels)
+    # Without stratification (the old plan) most batches lack the minority or hold several.
+    plain = plan_batches(lengths, 8, seed=0, group_by_length=grouped)
+    assert sum(sum(labels[i] for i in b) != 1 for b in plain) > 40
+
+    # 1:100: the 10 minority rows land in 10 different batches instead of clumping.
+    labels = [i % 101 == 0 for i in range(1010)]
+    batches = plan_batches((lengths * 2)[:1010], 8, seed=0, group_by_length=grouped, labels=labels)
+    assert sorted(sum(labels[i] for i in b) for b in batches)[-11:] == [0] + [1] * 10
+
+
+def test_stratified_length_grouping_still_reduces_padding():
+    rng = random.Random(3)
+    lengths = [rng.randint(20, 300) for _ in range(1024)]
+    labels = [rng.random() < 0.2 for _ in lengths]
+
+    def padding(batches):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    grouped = padding(plan_batches(lengths, 8, seed=0, group_by_length=True, labels=labels))
+    mixed = padding(plan_batches(lengths, 8, seed=0, group_by_length=False, labels=labels))
+    plain_grouped = padding(plan_batches(lengths, 8, seed=0, group_by_length=True))
+    assert grouped < mixed / 3
+    assert plain_grouped <= grouped < 3 * plain_grouped

@@ -1,14 +1,26 @@
 """train_kto / evaluate_kto on the tiny random Llama."""
 
+import dataclasses
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from alignment.config import KTOConfig
-from alignment.data import collate, tokenize_rows
+from alignment.data import Example, collate, tokenize_rows
 from alignment.evaluate import evaluate_kto
 from alignment.logps import sequence_logps
-from alignment.train import CHECKPOINT_FILE, TrainingCancelled, train_kto
+from alignment.train import (
+    CHECKPOINT_FILE,
+    CheckpointMismatch,
+    Plan,
+    TrainingCancelled,
+    _fingerprint,
+    _runtime,
+    train_kto,
+)
 
 FAST = {"batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_length": 64, "device": "cpu"}
 
@@ -144,3 +156,53 @@ def test_evaluation_reports_accuracy_and_length_drift(tiny_model, tiny_tokenizer
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert 1 <= metrics["length_before"] <= 5 and 1 <= metrics["length_after"] <= 5
     assert result.model.training is False
+
+
+def test_resume_refuses_a_checkpoint_of_another_dtype_or_device(tiny_dir, tiny_tokenizer, rows, tmp_path):
+    config = KTOConfig(max_steps=2, checkpoint_every=1, dtype="float32", **FAST)
+    train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows, config, checkpoint_dir=tmp_path)
+    # The same rows and hyper-parameters in another dtype: its moments and reference log-probs do not carry over.
+    with pytest.raises(CheckpointMismatch, match="written on cpu in float32, this run is on cpu in bfloat16"):
+        train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows,
+                  dataclasses.replace(config, dtype="bfloat16"), checkpoint_dir=tmp_path, resume=True)
+    examples = tokenize_rows(rows, tiny_tokenizer)
+    cpu = _fingerprint(examples, config, _runtime(torch.device("cpu"), torch.float32))
+    assert cpu != _fingerprint(examples, config, _runtime(torch.device("cuda", 0), torch.bfloat16))
+    assert cpu != _fingerprint(examples, config, _runtime(torch.device("cpu"), torch.bfloat16))
+    assert _fingerprint(examples, config, _runtime(torch.device("cuda", 0), torch.bfloat16)) == _fingerprint(
+        examples, config, _runtime(torch.device("cuda", 1), torch.bfloat16))
+
+
+def test_checkpoint_temp_files_are_per_process_and_attempt(tiny_dir, tiny_tokenizer, rows, tmp_path, monkeypatch):
+    # Another holder of the same job is halfway through writing its checkpoint (under the old shared name).
+    other = tmp_path / f".{CHECKPOINT_FILE}.tmp"
+    other.write_bytes(b"another worker's half-written checkpoint")
+    written = []
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (written.append(Path(f)), save(obj, f, *a, **k)))
+    config = KTOConfig(max_steps=2, checkpoint_every=1, **FAST)
+    train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows, config, checkpoint_dir=tmp_path)
+    assert len(written) == 2 and len(set(written)) == 2
+    assert all(f".{os.getpid()}." in p.name and p.parent == tmp_path for p in written)
+    assert other.read_bytes() == b"another worker's half-written checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, CHECKPOINT_FILE])
+
+    # A write that fails leaves the last good checkpoint and no temporary file of its own.
+    def broken(obj, f, *a, **k):
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows,
+                  dataclasses.replace(config, max_steps=3), checkpoint_dir=tmp_path / "again")
+    assert [p.name for p in (tmp_path / "again").iterdir()] == []
+
+
+def test_microbatches_hold_both_classes_at_an_imbalance():
+    examples = [Example((), (i, i + 1), (7,) * (1 + i % 5), i % 8 == 0) for i in range(80)]  # 1:7
+    stratified = Plan(examples, KTOConfig(batch_size=8))
+    assert all(sum(examples[i].label for i in b) == 1 for b in stratified.batches)
+    plain = Plan(examples, KTOConfig(batch_size=8, stratify=False))
+    assert any(not any(examples[i].label for i in b) for b in plain.batches)  # as the shuffle falls
+    assert sorted(i for b in stratified.batches for i in b) == list(range(80))

@@ -19,9 +19,9 @@ def batch_of(tokenizer, rows, *, pairing="next", max_length=128, prompt_budget=6
                    pad_id=tokenizer.pad_token_id, pairing=pairing, packed=True)
 
 
-def lora_model(tiny_model):
+def lora_model(tiny_model, *, dropout: float = 0.0):
     """LoRA with non-zero B matrices, so the adapter changes the log-probs."""
-    model = attach_lora(tiny_model, KTOConfig(lora_dropout=0.0))
+    model = attach_lora(tiny_model, KTOConfig(lora_dropout=dropout))
     generator = torch.Generator().manual_seed(1)
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
     with torch.no_grad():

@@ -1,12 +1,16 @@
 """The per-sequence layout (one unpadded forward per example, KL pair from the cached prompt)
 against the padded sequences, and a training run in each layout."""
 
+import threading
+from contextlib import contextmanager
+
 import pytest
 import torch
 
 from alignment.config import KTOConfig
 from alignment.data import collate, tokenize_rows
 from alignment.logps import per_sequence_logps, sequence_logps, supports_per_sequence
+from alignment.lora import SeededDropout, dropout_generator, dropout_seed
 from alignment.train import train_kto
 from tests.alignment.test_packing import TOL, lora_model, rows_with_a_cut_kl_prompt
 
@@ -157,3 +161,91 @@ def test_dropout_runs_repeat_exactly_with_threads(tiny_dir, tiny_tokenizer, rows
                                              rows, config).history]
 
     assert run() == run()
+
+
+@contextmanager
+def intra_op_threads(n):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_dropout_masks_follow_the_example_not_the_thread(tiny_model, tiny_tokenizer, rows):
+    """With per-example seeds, LoRA dropout runs on threads and gives the same bits on any number of them."""
+    model = lora_model(tiny_model, dropout=0.3)
+    assert any(isinstance(m, SeededDropout) for m in model.modules())
+    model.train()
+    batch = batch_of(tiny_tokenizer, rows[:7], pairing="next")
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = torch.linspace(-1.0, 1.0, 7)
+    seeds = [dropout_seed(0, 5, i) for i in range(7)]
+    threads = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: threads.append(threading.current_thread().name))
+
+    def run(workers, seeds=seeds):
+        rng = torch.get_rng_state()
+        matched, kl = per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, "cpu", workers=workers,
+                                         seeds=seeds)
+        grads = torch.autograd.grad((matched * weights).sum(), params)
+        assert torch.equal(torch.get_rng_state(), rng)  # the global generator is left alone
+        return matched.detach(), kl, grads
+
+    try:
+        with intra_op_threads(1):
+            one = run(1)  # one thread in all
+        threads.clear()
+        several = [run(2), run(3), run(7)]
+        assert all(name.startswith("prospect-seq") for name in threads)  # the forwards ran on the workers
+    finally:
+        hook.remove()
+    for other in several:
+        assert torch.equal(other[0], one[0]) and torch.equal(other[1], one[1])
+        assert all(torch.equal(a, b) for a, b in zip(other[2], one[2], strict=True))
+    # Dropout is active: other seeds, or no dropout, give other sums.
+    assert not torch.equal(run(2, [s + 1 for s in seeds])[0], one[0])
+    model.eval()
+    with torch.no_grad():
+        plain, _ = per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, "cpu", workers=2, seeds=seeds)
+    assert not torch.allclose(plain, one[0], atol=1e-3)
+
+
+def test_training_with_dropout_is_the_same_on_one_thread_or_several(tiny_dir, tiny_tokenizer, rows):
+    from transformers import AutoModelForCausalLM
+
+    def run(workers, dropout=0.3):
+        config = KTOConfig(max_steps=4, batch_size=8, grad_accumulation=1, learning_rate=1e-2, lora_dropout=dropout,
+                           warmup_ratio=0.0, sequence_layout="per_sequence", sequence_workers=workers)
+        result = train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows, config)
+        adapter = {n: p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
+        return [(h["loss"], h["kl"], h["grad_norm"]) for h in result.history], adapter
+
+    with intra_op_threads(1):
+        one = run(1)
+    for workers in (2, 3):
+        history, adapter = run(workers)
+        assert history == one[0]  # exactly
+        assert all(torch.equal(adapter[n], one[1][n]) for n in adapter)
+    # The dropout is real: without it the same run moves differently (step 1's gradient already differs).
+    assert run(2, dropout=0.0)[0][0][2] != one[0][0][2]
+
+
+def test_seeded_dropout_scales_the_kept_inputs_and_their_gradient():
+    dropout = SeededDropout(0.25).train()
+    x = torch.randn(64, 32, requires_grad=True)
+    with dropout_generator(torch.Generator().manual_seed(3)):
+        out = dropout(x)
+    keep = torch.empty(x.shape, dtype=torch.bool).bernoulli_(0.75, generator=torch.Generator().manual_seed(3))
+    assert 0.6 < keep.float().mean() < 0.9
+    assert torch.allclose(out, x.detach() * keep / 0.75)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.allclose(grad, keep / 0.75)
+    # Without a generator it is nn.Dropout (the global generator); in eval mode, the identity.
+    torch.manual_seed(0)
+    plain = dropout(x)
+    torch.manual_seed(0)
+    assert torch.equal(plain, torch.nn.functional.dropout(x, 0.25, True))
+    assert torch.equal(dropout.eval()(x), x)

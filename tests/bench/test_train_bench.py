@@ -28,6 +28,9 @@ def test_tiny_benchmark_prints_figures_and_parity_holds():
     for name in FIELDS:
         assert isinstance(out[name], float) and out[name] == out[name], name  # present, a number, not NaN
     assert out["tokens_match"] is True  # both trainers saw the same prompt + completion tokens
+    # Prospect at its defaults (LoRA dropout on, on threads); TRL given the same LoRA.
+    assert (out["lora_dropout"], out["lr"], out["lora_r"], out["lora_alpha"]) == (0.05, 1e-3, 16, 32)
+    assert out["sequence_layout"] == "per_sequence" and out["sequence_workers"] >= 1
     assert out["trl_tokens_per_s"] == max(out["trl_default_tokens_per_s"], out["trl_precompute_tokens_per_s"])
     # After 2 steps the adapter is not the identity: the loss is not the step-0 value 0.5 ...
     assert out["parity_loss_prospect"] != 0.5
