@@ -290,3 +290,22 @@ def test_a_policy_job_starts_its_rollout_in_the_publish_commit(stack):
     with session_scope(engine) as s:
         rollout = running_rollout(s, adapter_name="bot")
         assert (rollout.candidate_version, rollout.baseline_version, rollout.traffic) == (2, 1, 0.25)
+
+
+def test_a_checkpoint_that_cannot_continue_is_dropped_and_the_job_starts_afresh(stack, monkeypatch):
+    """E.g. a bf16 checkpoint of a GPU worker found by a CPU worker: the job trains from scratch."""
+    import alignment.train as train_module
+
+    settings = stack["settings"]
+    job_id = _job(stack["engine"])
+    ckpt = checkpoint_dir(settings, job_id)
+    ckpt.mkdir(parents=True)
+    (ckpt / train_module.CHECKPOINT_FILE).write_bytes(b"written elsewhere")
+
+    def mismatch(*args, **kwargs):
+        raise train_module.CheckpointMismatch("checkpoint written on cuda in bfloat16, this run is cpu float32")
+
+    monkeypatch.setattr(train_module, "load_checkpoint", mismatch)
+    assert run_job(job_id, settings=settings).status == "succeeded"
+    job, n_metrics, _ = _state(stack["engine"], job_id)
+    assert (job.resumed_from_step, n_metrics) == (None, 12)
