@@ -8,6 +8,8 @@ from fastapi import FastAPI
 
 from api.deps import AuthCache
 from api.errors import install_error_handlers
+from api.metrics import MetricsMiddleware
+from api.metrics import router as metrics_router
 from api.ratelimit import build_rate_limiter
 from api.routers import (
     adapters,
@@ -20,6 +22,7 @@ from api.routers import (
     serving_targets,
     snapshots,
 )
+from api.ui import install_ui
 from core.db import get_engine, session_factory
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
@@ -51,4 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(policies.router)
     app.include_router(live.router)
     app.include_router(serving_targets.router)
+    app.include_router(metrics_router)
+    install_ui(app)
+    app.add_middleware(MetricsMiddleware)
     return app
