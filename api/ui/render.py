@@ -46,9 +46,9 @@ def _num(value) -> str:
 templates.env.filters.update(dt=_dt, pct=_pct, interval=_interval, num=_num, q=lambda v: quote(str(v), safe=""))
 
 
-def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+def page(request: Request, template: str, /, status_code: int = 200, **context) -> HTMLResponse:
     session = getattr(request.state, "ui_session", None)
-    response = templates.TemplateResponse(request, name, {"session": session, **context}, status_code=status_code)
+    response = templates.TemplateResponse(request, template, {"session": session, **context}, status_code=status_code)
     response.headers.update(HEADERS)
     return response
 

@@ -73,16 +73,19 @@ async def move_alias(request: Request, name: str, session: SignedIn) -> Response
     version, expected = _int(fields.get("version"), "version"), _int(fields.get("expected_version"), "expected")
     if version is None:
         raise InvalidInput("version: choose the version the alias should point to")
-    with request.app.state.session_factory() as db:
+    conflict = None
+    with request.app.state.session_factory() as db:  # closed before any other session opens (SQLite locks)
         try:
             adapters.move_alias(db, adapter_name=name, alias=alias, version=version, expected_version=expected,
                                 moved_by=adapters_api.moved_by(session.principal) + " via the dashboard")
         except Conflict as exc:
             db.rollback()
-            return _adapter_page(request, name, status_code=409, conflict={
-                "alias": alias, "version": version, "expected": expected, "message": exc.message,
-                "now": adapters.aliases_of(db, adapter_name=name).get(alias)})
-        commit_and_kick(db, request.app.state.settings)
+            conflict = {"alias": alias, "version": version, "expected": expected, "message": exc.message,
+                        "now": adapters.aliases_of(db, adapter_name=name).get(alias)}
+        else:
+            commit_and_kick(db, request.app.state.settings)
+    if conflict is not None:
+        return _adapter_page(request, name, status_code=409, conflict=conflict)
     return see_other(f"/ui/adapters/{name}?moved={alias}")
 
 

@@ -111,7 +111,7 @@ def new_token() -> str:
 def signed_in(request: Request) -> Session:
     """Dependency of every page: the session, or a redirect to the sign-in page."""
     session = current(request)
-    if session is None:
+    if session is None or not session.can("read"):  # e.g. the key lost its read scope
         raise SignInRequired()
     request.state.ui_session = session
     return session
