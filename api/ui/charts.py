@@ -107,9 +107,9 @@ def _default_xticks(f: _Frame, fmt_x: Callable[[float], str]) -> list[tuple[floa
 
 def line_chart(series: Sequence[Series], *, name: str, title: str, x_label: str, y_label: str,
                y_min: float | None = None, y_max: float | None = None,
-               xticks: list[tuple[float, str]] | None = None, fmt_x: Callable[[float], str] = fmt,
+               x_range: tuple[float, float] | None = None, xticks: list[tuple[float, str]] | None = None, fmt_x: Callable[[float], str] = fmt,
                y_format: Callable[[float], str] = fmt) -> Markup:
-    xs = [x for s in series for x, _ in s.points]
+    xs = [x for s in series for x, _ in s.points] + list(x_range or ())
     ys = [y for s in series for _, y in s.points] + [v for s in series for _, lo, hi in s.band for v in (lo, hi)]
     f = _Frame(xs, ys, y_min=y_min, y_max=y_max)
     out = _axes(f, name=name, title=title, x_label=x_label, y_label=y_label,

@@ -71,6 +71,7 @@ def _charts(days: list[dict]) -> dict:
                 band=[(i, *d["interval"]) for i, d in voted])],
         name="up-rate", title="Thumbs-up rate per day, with its 95% Wilson interval", x_label="day",
         y_label="thumbs-up rate (%)", y_min=0, y_max=1, y_format=lambda v: f"{100 * v:.0f}",
+        x_range=(-0.5, len(days) - 0.5),  # the bars' scale: one slot per day
         xticks=[(i, labels[i]) for i in range(0, len(days), every)])
     return {"votes": bars, "rate": rate}
 
