@@ -144,7 +144,7 @@ def test_a_person_uses_the_dashboard(server, browser, tmp_path):
 
 
 def test_a_read_key_is_refused_the_train_buttons(server, browser, tmp_path):
-    base, keys, ids = server
+    base, keys, _ = server
     page = browser.new_page()
     sign_in(page, base, keys["reader"])
     page.goto(f"{base}/ui/adapters/chat")
