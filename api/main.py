@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from api.auth import Authenticator
 from api.errors import install_error_handlers
 from api.guard import GuardMiddleware
+from api.metrics import MetricsMiddleware
+from api.metrics import router as metrics_router
 from api.ratelimit import build_rate_limiter
 from api.routers import (
     adapters,
@@ -22,6 +24,7 @@ from api.routers import (
     snapshots,
     users,
 )
+from api.ui import install_ui
 from core.db import get_engine, read_only, session_factory
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
@@ -46,7 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(settings, app.state.read_session_factory, app.state.session_factory)
     app.state.rate_limiter = build_rate_limiter(settings)
     install_error_handlers(app)
-    # Outermost of the app's own layers: nothing reads a body before it is bounded and authenticated.
+    # Nothing reads a body before the guard bounds and authenticates it (the metrics layer added
+    # below wraps it, timing every request, and reads no body).
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes,
                        authenticator=app.state.authenticator)
     app.include_router(health.router)
@@ -59,4 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live.router)
     app.include_router(serving_targets.router)
     app.include_router(users.router)
+    app.include_router(metrics_router)
+    install_ui(app)
+    app.add_middleware(MetricsMiddleware)
     return app

@@ -172,6 +172,9 @@ def up(
     settings.ensure_dirs()
     upgrade(settings.sqlalchemy_url)
     admin_key = _first_admin_key()
+    from core.metrics import reset_dir  # sets PROMETHEUS_MULTIPROC_DIR, which the children inherit
+
+    reset_dir()
 
     procs: dict[str, subprocess.Popen] = {}
     stopping = False
@@ -187,6 +190,7 @@ def up(
         procs[name] = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
 
     print(f"Prospect is up: http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    print(f"dashboard: http://{host}:{port}/ui  (sign in with an API key; metrics: http://{host}:{port}/metrics)")
     print(f"data directory: {settings.data_path}")
     print(f"database: {_redact(settings.sqlalchemy_url)}")
     print(f"broker:   {_redact(settings.celery_broker_url)}")

@@ -35,6 +35,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from core import adapters
+from core import metrics as telemetry
 from core.attribution import served_name
 from core.db import session_scope
 from core.models import AdapterAlias, AdapterVersion, Delivery, Rollout, ServingTarget, utcnow
@@ -188,8 +189,10 @@ def deliver(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
         finally:
             if own:
                 http.close()
-    return _record(engine, settings=settings, delivery_id=delivery_id, now=now, error=error, code=code,
-                   final=deleted)
+    status = _record(engine, settings=settings, delivery_id=delivery_id, now=now, error=error, code=code,
+                     final=deleted)
+    telemetry.delivery_attempt(kind, "retry" if status == "pending" else status)
+    return status
 
 
 def _record(engine: Engine, *, settings: Settings, delivery_id: str, now: datetime, error: str | None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +94,19 @@ class Settings(BaseSettings):
                                     "event ends failed.")
     outbox_timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one delivery request.")
 
+    # The dashboard (/ui) and GET /metrics.
+    ui_secret_key: str | None = Field(
+        None, description="Signs dashboard session cookies; default: a random key kept in data_dir/ui-secret."
+    )
+    ui_session_max_age_s: int = Field(8 * 3600, ge=60, description="Dashboard sign-in lifetime (seconds).")
+    ui_secure_cookies: bool | None = Field(
+        None, description="Mark the session cookie Secure; default: when the request came over https."
+    )
+    metrics_access: Literal["local-or-read", "read", "open"] = Field(
+        "local-or-read", description="Who may GET /metrics: 'local-or-read' (no key from 127.0.0.1/::1, a read "
+        "key otherwise), 'read' (always a read key), 'open'."
+    )
+
     @field_validator("log_level")
     @classmethod
     def _upper(cls, v: str) -> str:
@@ -105,6 +119,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_path / "artifacts"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """PROMETHEUS_MULTIPROC_DIR unless the environment names one: every process writes its samples there."""
+        return self.data_path / "metrics"
 
     @property
     def models_dir(self) -> Path:

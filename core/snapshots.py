@@ -47,6 +47,7 @@ from sqlalchemy import Engine, Result, create_engine, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from core import metrics as telemetry
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import FeedbackEvent, Snapshot, Vote, new_id, utcnow
 from core.settings import Settings
@@ -291,6 +292,7 @@ def create_snapshot(
     session.flush()
     log.info("snapshot %s: %d rows (%d desirable, %d undesirable), sha256 %s", snapshot.id, snapshot.n_rows,
              n_desirable, n_undesirable, snapshot.content_hash)
+    telemetry.snapshot_built(snapshot.n_rows, (utcnow() - cutoff).total_seconds())
     return snapshot
 
 

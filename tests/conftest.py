@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,10 @@ from sqlalchemy.engine import Engine
 from core.db import make_engine
 from core.migrate import upgrade
 from core.settings import Settings
+
+# Prometheus samples of this run (and of the processes it starts) go to a folder of their own,
+# set before anything imports prometheus_client (core.metrics reads it at import).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prospect-metrics-"))
 
 PG_URL = os.environ.get("PROSPECT_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("PROSPECT_TEST_REDIS_URL")

@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from core import jobs
+from core import metrics as telemetry
 from core.base_models import verify_base_model
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError
@@ -249,6 +250,7 @@ def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, wo
             status = "failed"
         finally:
             run.release()
+    telemetry.job_ended(status, (utcnow() - started_at).total_seconds())
     if status in jobs.TERMINAL:
         shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)
     return Outcome("run", status=status)
@@ -364,6 +366,7 @@ class _Run:
                     log.info("job %s: resumed from the checkpoint at step %d", self.job_id, step - 1)
             jobs.record_progress(s, job_id=self.job_id, token=self.token, step=step, total=total,
                                  metrics=metrics, attempt=self.attempt)
+        telemetry.training_step(metrics)
         log.info("job %s: step %d/%d loss %.4f kl %.4f", self.job_id, step, total, metrics.get("loss") or 0.0,
                  metrics.get("kl") or 0.0)
 

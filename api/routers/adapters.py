@@ -31,7 +31,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 CACHED = {304: {"description": "If-None-Match matched the ETag."}}
 
 
-def _moved_by(principal: Principal) -> str:
+def moved_by(principal: Principal) -> str:
     return f"key {principal.key_id} ({principal.name})"
 
 
@@ -98,7 +98,7 @@ def move_alias(name: str, alias: str, body: AliasIn, session: SessionDep, settin
     ``latest`` moves only on publish. Rolling back is moving an alias back.
     """
     row = adapters.move_alias(session, adapter_name=name, alias=alias, version=body.version,
-                              expected_version=body.expected_version, moved_by=_moved_by(principal))
+                              expected_version=body.expected_version, moved_by=moved_by(principal))
     commit_and_kick(session, settings)
     return AliasOut(adapter=row.adapter_name, alias=row.alias, version=row.version, updated_at=row.updated_at)
 

@@ -34,8 +34,8 @@ from api.schemas.feedback import (
     parse_event,
 )
 from api.schemas.importers import ImportParams
-from core import feedback, feedback_import
-from core.errors import InvalidInput, PayloadTooLarge
+from core import feedback, feedback_import, metrics
+from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from core.importers import ingest as importers
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
@@ -98,13 +98,18 @@ async def post_feedback(request: Request, principal: IngestKey) -> Response:
     """201 created; 200 when the same event_id with the same content is stored already; 409 when the
     content differs."""
     event = parse_event(_loads(await _read_body(request)))
-    result = await run_in_threadpool(
-        feedback.ingest_event,
-        request.app.state.engine,
-        event=event,
-        limits=_limits(request),
-        api_key_id=principal.key_id,
-    )
+    try:
+        result = await run_in_threadpool(
+            feedback.ingest_event,
+            request.app.state.engine,
+            event=event,
+            limits=_limits(request),
+            api_key_id=principal.key_id,
+        )
+    except (Conflict, InvalidInput, PayloadTooLarge) as exc:
+        metrics.feedback_ingested([("conflict" if isinstance(exc, Conflict) else "invalid", event.label)])
+        raise
+    metrics.feedback_ingested([(result.status, event.label)])
     return _json({"event_id": result.event_id, "status": result.status}, 201 if result.status == "created" else 200)
 
 
@@ -139,6 +144,7 @@ async def post_batch(request: Request, principal: IngestKey) -> Response:
     for i, r in enumerate(results):
         counts[r.status] += 1
         out.append({"index": i, "event_id": r.event_id, "status": r.status, "error": r.error})
+    metrics.feedback_ingested((r.status, getattr(item, "label", None)) for item, r in zip(items, results, strict=True))
     return _json({**counts, "results": out})
 
 
