@@ -169,21 +169,38 @@ def adds_bos(tokenizer) -> bool:
     return bool(with_special) and with_special[0] == bos and without[:1] != [bos]
 
 
+TOKENIZE_CHUNK = 1024  # rows tokenised at once: the texts of one chunk are in memory, not the whole dataset
+
+
 def tokenize_rows(rows: Iterable[Mapping], tokenizer) -> list[Example]:
-    """Validate and tokenise rows (no truncation yet: see :func:`truncate`)."""
-    parts = [_row_parts(row, i) for i, row in enumerate(rows)]
+    """Validate and tokenise rows (no truncation yet: see :func:`truncate`).
+
+    ``rows`` may be a generator (a snapshot streamed from its file): rows are
+    consumed a chunk at a time, so only token ids outlive their chunk.
+    """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: KTO needs one after each completion")
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     prefix = (bos,) if adds_bos(tokenizer) else ()
-    prompts = tokenizer([render_prompt(p, tokenizer) for p, _, _ in parts], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([c for _, c, _ in parts], add_special_tokens=False)["input_ids"]
-    examples = []
-    for (_, _, label), p_ids, c_ids in zip(parts, prompts, completions, strict=True):
-        # We add the BOS ourselves; a template that writes it too would double it.
-        if prefix and p_ids[:1] == [bos]:
-            p_ids = p_ids[1:]
-        examples.append(Example(prefix, tuple(p_ids), tuple(c_ids) + (eos,), label))
+    examples: list[Example] = []
+    parts: list[tuple[str | list[dict], str, bool]] = []
+
+    def flush() -> None:
+        prompts = tokenizer([render_prompt(p, tokenizer) for p, _, _ in parts], add_special_tokens=False)["input_ids"]
+        completions = tokenizer([c for _, c, _ in parts], add_special_tokens=False)["input_ids"]
+        for (_, _, label), p_ids, c_ids in zip(parts, prompts, completions, strict=True):
+            # We add the BOS ourselves; a template that writes it too would double it.
+            if prefix and p_ids[:1] == [bos]:
+                p_ids = p_ids[1:]
+            examples.append(Example(prefix, tuple(p_ids), tuple(c_ids) + (eos,), label))
+        parts.clear()
+
+    for i, row in enumerate(rows):
+        parts.append(_row_parts(row, i))
+        if len(parts) == TOKENIZE_CHUNK:
+            flush()
+    if parts:
+        flush()
     return examples
 
 

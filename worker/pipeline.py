@@ -22,6 +22,7 @@ import logging
 import math
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -79,34 +80,42 @@ def staging_dir(settings: Settings, job_id: str, token: str) -> Path:
 
 @dataclass
 class Split:
-    train: list[dict]
+    """The held-out rows (kept: the gate scores them) and the training rows' counts; the training
+    rows themselves are streamed from the snapshot file when training tokenises them."""
+
     heldout: list[dict]
     heldout_keys: list[str]  # the prompt key of each held-out row (the gate resamples by prompt)
+    train_counts: dict[str, int]
+    _rows: Callable[[], Iterator[dict]]
+    _held: set[str]
 
     def counts(self, which: str) -> dict[str, int]:
-        rows = getattr(self, which)
-        n_d = sum(1 for r in rows if r["label"])
-        return {"desirable": n_d, "undesirable": len(rows) - n_d}
+        if which == "train":
+            return dict(self.train_counts)
+        n_d = sum(1 for r in self.heldout if r["label"])
+        return {"desirable": n_d, "undesirable": len(self.heldout) - n_d}
+
+    def train_rows(self) -> Iterator[dict]:
+        return (row for row in self._rows() if prompt_key(row["prompt"]) not in self._held)
 
 
 def split_snapshot(session_scope_fn, settings: Settings, snapshot: Snapshot, options: jobs.JobOptions) -> Split:
     """Train and held-out rows of a snapshot (``core.heldout``: by prompt, stratified, kept).
 
-    The file is streamed twice: once for the per-prompt class counts that the
-    split needs, once to route each row to its side.
+    The file is streamed: once for the per-prompt class counts that the split
+    needs, once for the held-out rows, and once more when training reads its rows.
     """
     counts = PromptCounts.of(iter_snapshot_rows(settings, snapshot))
     with session_scope_fn() as s:
         held = assign_heldout(s, counts, heldout_fraction=options.heldout_fraction,
                               min_per_class=options.gate_min_heldout_per_class)
-    split = Split([], [], [])
+    n_u, n_d = counts.totals(k for k in counts.by_key if k not in held)
+    split = Split([], [], {"desirable": n_d, "undesirable": n_u}, lambda: iter_snapshot_rows(settings, snapshot), held)
     for row in iter_snapshot_rows(settings, snapshot):
         key = prompt_key(row["prompt"])
         if key in held:
             split.heldout.append(row)
             split.heldout_keys.append(key)
-        else:
-            split.train.append(row)
     return split
 
 
@@ -289,8 +298,9 @@ class _Run:
         train_counts, heldout_counts = split.counts("train"), split.counts("heldout")
         log.info("job %s: snapshot %s -> train %s / held-out %s (%d prompts)", self.job_id, snapshot.id,
                  train_counts, heldout_counts, len(set(split.heldout_keys)))
-        if len(split.train) < 2:
-            raise JobFailed(f"snapshot {snapshot.id} has {len(split.train)} training row(s) after holding out "
+        n_train = sum(train_counts.values())
+        if n_train < 2:
+            raise JobFailed(f"snapshot {snapshot.id} has {n_train} training row(s) after holding out "
                             f"{len(split.heldout)}; collect more feedback")
         shortfall = heldout_shortfall(split, options)
         if shortfall and not job.force_publish:
@@ -307,7 +317,8 @@ class _Run:
             jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
         model, tokenizer = self._load_base(base)
-        result = self._train(live, model, tokenizer, split.train, config, reload=lambda: self._load_base(base)[0])
+        result = self._train(live, model, tokenizer, split.train_rows, config,
+                             reload=lambda: self._load_base(base)[0])
         if result is None:
             return self._stopped(live)
         self.model = result.model
@@ -370,19 +381,19 @@ class _Run:
         log.info("job %s: step %d/%d loss %.4f kl %.4f", self.job_id, step, total, metrics.get("loss") or 0.0,
                  metrics.get("kl") or 0.0)
 
-    def _train(self, live: Liveness, model, tokenizer, rows: list[dict], config, *, reload):
+    def _train(self, live: Liveness, model, tokenizer, rows: Callable[[], Iterator[dict]], config, *, reload):
         from alignment.train import CheckpointMismatch, TrainingCancelled, train_kto
 
         ckpt = checkpoint_dir(self.settings, self.job_id)
         try:
             try:
-                return train_kto(model, tokenizer, rows, config, on_progress=self._on_progress,
+                return train_kto(model, tokenizer, rows(), config, on_progress=self._on_progress,
                                  should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
             except CheckpointMismatch as exc:
                 # E.g. written by a GPU worker in bf16, and this is a CPU worker: start afresh.
                 log.warning("job %s: %s; starting from scratch", self.job_id, exc)
                 shutil.rmtree(ckpt, ignore_errors=True)
-                return train_kto(reload(), tokenizer, rows, config, on_progress=self._on_progress,
+                return train_kto(reload(), tokenizer, rows(), config, on_progress=self._on_progress,
                                  should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
         except TrainingCancelled:
             return None

@@ -309,3 +309,18 @@ def test_a_checkpoint_that_cannot_continue_is_dropped_and_the_job_starts_afresh(
     assert run_job(job_id, settings=settings).status == "succeeded"
     job, n_metrics, _ = _state(stack["engine"], job_id)
     assert (job.resumed_from_step, n_metrics) == (None, 12)
+
+
+def test_the_split_streams_training_rows_and_keeps_only_heldout_rows(stack):
+    from core.snapshots import create_snapshot, iter_snapshot_rows
+
+    settings, engine = stack["settings"], stack["engine"]
+    with session_scope(engine) as s:
+        snapshot = create_snapshot(s, settings=settings)
+    split = split_snapshot(lambda: session_scope(engine), settings, snapshot, jobs.JobOptions())
+    train = list(split.train_rows())
+    assert not hasattr(split, "train") and len(split.heldout) == 20
+    assert {"desirable": sum(r["label"] for r in train), "undesirable": sum(not r["label"] for r in train)} == \
+        split.counts("train") == {"desirable": 14, "undesirable": 14}
+    everything = list(iter_snapshot_rows(settings, snapshot))
+    assert sorted(map(repr, train + split.heldout)) == sorted(map(repr, everything))
