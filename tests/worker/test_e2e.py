@@ -331,9 +331,11 @@ def test_killed_pool_process_is_redelivered_at_once_and_resumes(make_stack, tiny
 
 @pytest.mark.slow
 def test_bundled_smollm2_bootstraps_trains_and_refuses_a_diverged_run(make_stack):
-    """The real architecture, tokenizer and chat template, a few steps each on CPU."""
+    """The real architecture, tokenizer and chat template, a few steps each on CPU. (The gate's
+    statistics on this model are tested in tests/worker/test_gate_smollm2.py.)"""
     stack = make_stack("embedded", register_bundled_model=True)
-    post_feedback(stack.client, stack.keys["ingest"], feedback_events(12))
+    # 24 prompts, one up and one down each: 10 of each class held out (the gate's minimum), 14 trained on.
+    post_feedback(stack.client, stack.keys["ingest"], feedback_events(24))
     stack.worker("smol")
     name = stack.settings.bundled_model_name
 
@@ -349,7 +351,9 @@ def test_bundled_smollm2_bootstraps_trains_and_refuses_a_diverged_run(make_stack
     options = {"heldout_fraction": 0.25}
     diverged = stack.start_job("smol-hot", base_model=name, config={**small, "learning_rate": 0.1},
                                options=options)
-    sane = stack.start_job("smol", base_model=name, config={**small, "learning_rate": 1e-3}, options=options)
+    # Three steps cannot prove much to the gate: publish anyway, to run the publish path on this model.
+    sane = stack.start_job("smol", base_model=name, config={**small, "learning_rate": 1e-3}, options=options,
+                           force_publish=True)
     hot = stack.wait_status(diverged["id"], "succeeded", "failed")
     assert hot["status"] == "failed" and hot["error"].startswith("the gate refused to publish"), hot["error"]
     assert hot["eval_metrics"]["gate"]["passed"] is False
