@@ -414,10 +414,12 @@ def train_kto(
     if resume and ckpt is not None and (ckpt / CHECKPOINT_FILE).is_file():
         start_step, history = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
                                               reference=reference, fingerprint=fingerprint, runtime=runtime)
+    reference_s = 0.0
     if reference is not None and bool(reference.matched.isnan().any()):  # not restored from a checkpoint
         started = time.perf_counter()
         reference.fill(model, collate_fn, plan.batches, should_stop)
-        log.info("reference log-probs of %d examples in %.1f s", len(examples), time.perf_counter() - started)
+        reference_s = time.perf_counter() - started
+        log.info("reference log-probs of %d examples in %.1f s", len(examples), reference_s)
 
     run_started = time.perf_counter()
     for step in range(start_step, plan.total_steps):
@@ -476,6 +478,7 @@ def train_kto(
         "train_loss_mean": sum(h["loss"] for h in history) / len(history) if history else None,
         "total_tokens": total_tokens,
         "runtime_s": runtime,
+        "reference_s": reference_s,  # the precomputed reference pass, before the steps
         # From the steps' own timings: right across a resume too.
         "train_tokens_per_s": total_tokens / sum(h["tokens"] / h["tokens_per_s"] for h in history)
         if history and all(h["tokens_per_s"] for h in history) else None,

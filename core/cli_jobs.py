@@ -62,6 +62,8 @@ def _summary(job: dict) -> str:
         line += f"  -> {job['adapter_version']['adapter']} v{job['adapter_version']['version']}"
     if job.get("error"):
         line += f"\n  error: {job['error']}"
+    if job.get("timings"):
+        line += "\n  seconds: " + "  ".join(f"{k} {v:.1f}" for k, v in job["timings"].items())
     return line
 
 

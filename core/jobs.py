@@ -363,6 +363,7 @@ def record_inputs(
     n_undesirable: int | None = None,
     class_weights: dict[str, Any] | None = None,
     progress_total: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> AlignmentJob:
     """What the job trains on: its snapshot, the class counts and the weights used (with why)."""
     job = _owned(session, job_id=job_id, token=token)
@@ -374,6 +375,8 @@ def record_inputs(
         job.class_weights = class_weights
     if progress_total is not None:
         job.progress_total = progress_total
+    if timings is not None:
+        job.timings = {k: round(v, 3) for k, v in timings.items()}
     return job
 
 

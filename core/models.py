@@ -242,6 +242,8 @@ class AlignmentJob(Base):
     n_desirable: Mapped[int | None]
     n_undesirable: Mapped[int | None]
     class_weights: Mapped[dict[str, Any] | None]
+    # Seconds per phase of the latest attempt (worker.pipeline): where the wait for a version goes.
+    timings: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)

@@ -16,13 +16,16 @@ keeps its snapshot and resumes from its last checkpoint under
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
 import math
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -229,12 +232,14 @@ def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, wo
     worker = worker or jobs.worker_identity()
     with session_scope(engine) as s:
         claim = jobs.claim_job(s, job_id=job_id, worker=worker, heartbeat_timeout_s=settings.heartbeat_timeout_s)
-        started_at = s.get(AlignmentJob, job_id).started_at
+        job = s.get(AlignmentJob, job_id)
+        started_at, sent_at = job.started_at, job.enqueued_at or job.created_at
     if claim.outcome != "run":
         log.info("job %s: %s (%s)", job_id, claim.outcome, claim.reason)
         return Outcome(claim.outcome, reason=claim.reason)
 
-    run = _Run(job_id=job_id, settings=settings, engine=engine, token=claim.token, attempt=claim.attempt)
+    run = _Run(job_id=job_id, settings=settings, engine=engine, token=claim.token, attempt=claim.attempt,
+               timings={"queue_wait": max(0.0, (utcnow() - sent_at).total_seconds())})
     deadline = started_at + timedelta(seconds=settings.job_time_limit_s)
     with Liveness(engine, job_id=job_id, token=claim.token, interval_s=settings.heartbeat_interval_s,
                   deadline=deadline) as live:
@@ -272,11 +277,26 @@ class _Run:
     engine: Engine
     token: str
     attempt: int
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    _publish_started: float = 0.0
     model: Any = None
     first_step_seen: bool = False
 
     def _session(self):
         return session_scope(self.engine)
+
+    @contextmanager
+    def _phase(self, name: str, *, save: bool = True):
+        """Time a phase into ``timings`` (recorded on the job as it ends, so a slow one shows)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.perf_counter() - started
+            self.timings["total"] = sum(v for k, v in self.timings.items() if k not in ("total", "queue_wait"))
+            if save:
+                with contextlib.suppress(jobs.LostClaim, OperationalError), self._session() as s:
+                    jobs.record_inputs(s, job_id=self.job_id, token=self.token, timings=self.timings)
 
     def execute(self, live: Liveness) -> str:
         from alignment.config import ConfigError, KTOConfig
@@ -293,8 +313,10 @@ class _Run:
         if "checkpoint_every" not in job.config:
             config = dataclasses.replace(config, checkpoint_every=self.settings.checkpoint_every_steps)
 
-        snapshot = self._snapshot(job)
-        split = split_snapshot(self._session, self.settings, snapshot, options)
+        with self._phase("snapshot"):
+            snapshot = self._snapshot(job)
+        with self._phase("split"):
+            split = split_snapshot(self._session, self.settings, snapshot, options)
         train_counts, heldout_counts = split.counts("train"), split.counts("heldout")
         log.info("job %s: snapshot %s -> train %s / held-out %s (%d prompts)", self.job_id, snapshot.id,
                  train_counts, heldout_counts, len(set(split.heldout_keys)))
@@ -316,14 +338,19 @@ class _Run:
         with self._session() as s:
             jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
-        model, tokenizer = self._load_base(base)
-        result = self._train(live, model, tokenizer, split.train_rows, config,
-                             reload=lambda: self._load_base(base)[0])
+        with self._phase("load"):
+            model, tokenizer = self._load_base(base)
+        with self._phase("train"):
+            result = self._train(live, model, tokenizer, split.train_rows, config,
+                                 reload=lambda: self._load_base(base)[0])
         if result is None:
             return self._stopped(live)
         self.model = result.model
+        self.timings["reference_pass"] = result.metrics.get("reference_s") or 0.0
+        self.timings["train"] -= self.timings["reference_pass"]
 
-        figures = self._evaluate(result, tokenizer, split, config, options)
+        with self._phase("evaluate"):
+            figures = self._evaluate(result, tokenizer, split, config, options)
         figures["split"] = {"train": train_counts, "heldout": heldout_counts}
         if job.force_publish:
             gate = figures["gate"]
@@ -334,6 +361,7 @@ class _Run:
             return self._stopped(live)
 
         live.stop_heartbeat()  # publishing takes seconds; the fence, not the heartbeat, decides
+        self._publish_started = time.perf_counter()
         try:
             version = self._publish(job, base, snapshot, result, figures)
         except jobs.CancelRequested:
@@ -451,6 +479,9 @@ class _Run:
         def fence(session, row) -> None:
             # Same transaction as the version row: it commits only if this delivery still holds the
             # job (claim token) and no cancel arrived; the job is marked succeeded in that commit.
+            self.timings["publish"] = time.perf_counter() - self._publish_started
+            self.timings["total"] += self.timings["publish"]
+            jobs.record_inputs(session, job_id=self.job_id, token=self.token, timings=self.timings)
             jobs.succeed(session, job_id=self.job_id, token=self.token, adapter_version_id=row.id,
                          eval_metrics=safe_figures)
             if job.policy_id is not None:

@@ -55,7 +55,8 @@ def job_out(session: Session, job: AlignmentJob) -> JobOut:
         id=job.id, adapter=job.adapter_name, base_model=base_name, status=job.status,
         progress={"step": job.progress_step, "total": job.progress_total},
         metrics=job.metrics, class_counts={"desirable": job.n_desirable, "undesirable": job.n_undesirable},
-        class_weights=job.class_weights, eval_metrics=job.eval_metrics, snapshot_id=job.snapshot_id,
+        class_weights=job.class_weights, eval_metrics=job.eval_metrics, timings=job.timings,
+        snapshot_id=job.snapshot_id,
         policy_id=job.policy_id,
         adapter_version=(
             {"id": version.id, "adapter": version.adapter_name, "version": version.version} if version else None

@@ -61,6 +61,9 @@ class JobOut(BaseModel):
     class_counts: ClassCounts = Field(description="Labels in the snapshot.")
     class_weights: dict[str, Any] | None = Field(description="lambda_D, lambda_U used, and the reason.")
     eval_metrics: dict[str, Any] | None = Field(description="Held-out figures of adapter and reference; the gate.")
+    timings: dict[str, float] | None = Field(
+        None, description="Seconds per phase of the latest attempt: queue_wait, snapshot, split, load, "
+        "reference_pass, train, evaluate, publish, total.")
     snapshot_id: str | None
     policy_id: str | None
     adapter_version: AdapterVersionRef | None

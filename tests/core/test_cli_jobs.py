@@ -40,11 +40,13 @@ def test_start_status_list_cancel_watch(cli, engine):
 
     with session_scope(engine) as s:
         token = jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60).token
+        jobs.record_inputs(s, job_id=job_id, token=token, timings={"queue_wait": 0.25, "train": 12.5})
         jobs.record_progress(s, job_id=job_id, token=token, step=4, total=4, metrics={"loss": 0.25, "kl": 0.5},
                              attempt=1)
         jobs.succeed(s, job_id=job_id, token=token, adapter_version_id=None)
     watched = cli("jobs", "watch", job_id, "--interval", "0.01")
     assert watched.exit_code == 0 and "succeeded  step 4/4" in watched.stdout
+    assert "seconds: queue_wait 0.2  train 12.5" in watched.stdout
 
     other = cli("jobs", "start", "bot", "--base-model", "tiny").stdout.strip().splitlines()[-1]
     assert cli("jobs", "cancel", other).exit_code == 0

@@ -70,6 +70,10 @@ def test_job_trains_evaluates_and_publishes(stack):
     assert (job.attempts, job.progress_step, job.progress_total, n_metrics, n_versions) == (1, 12, 12, 12, 1)
     assert job.resumed_from_step is None
     assert (job.n_desirable, job.n_undesirable) == (24, 24)
+    phases = ("snapshot", "split", "load", "reference_pass", "train", "evaluate", "publish")
+    assert set(job.timings) == {"queue_wait", "total", *phases} and min(job.timings.values()) >= 0
+    assert job.timings["total"] == pytest.approx(sum(job.timings[p] for p in phases), abs=0.01)
+    assert job.timings["reference_pass"] > 0 and job.timings["train"] > 0
     assert job.class_weights["reason"].startswith("counts ratio 1.000 already inside")
     gate = job.eval_metrics["gate"]
     assert gate["passed"] is True and gate["reasons"] == []
