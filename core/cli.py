@@ -24,12 +24,13 @@ from core.cli_feedback import feedback_app
 from core.cli_jobs import jobs_app
 from core.cli_live import rollouts_app
 from core.cli_resources import adapters_app, models_app, snapshots_app
+from core.cli_run import ProspectTyper, database_engine
 from core.db import get_engine, session_scope
 from core.errors import DomainError
 from core.logging import configure_logging
 from core.settings import get_settings
 
-app = typer.Typer(help="Prospect: thumbs feedback in, KTO-aligned LoRA adapters out.", no_args_is_help=True)
+app = ProspectTyper(help="Prospect: thumbs feedback in, KTO-aligned LoRA adapters out.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
@@ -50,7 +51,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 @app.callback()
-def _main() -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error (anywhere on the line).")]
+    = False,
+) -> None:
     configure_logging(get_settings().log_level)
 
 
@@ -71,7 +75,7 @@ def keys_create(
     scopes: Annotated[str, typer.Option(help="Comma-separated: ingest,read,train,admin.")] = "ingest",
 ) -> None:
     """Create an API key; its plaintext is printed once, as the last line of stdout."""
-    engine = get_engine()
+    engine = database_engine()
     try:
         with session_scope(engine) as session:
             row, plaintext = keys_mod.create_key(session, name=name, scopes=scopes)
@@ -85,7 +89,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """List API keys (never their secrets)."""
-    with session_scope(get_engine()) as session:
+    with session_scope(database_engine()) as session:
         rows = keys_mod.list_keys(session)
     table = Table("id", "name", "prefix", "scopes", "created", "last used (±1 min)", "revoked")
     for r in rows:
@@ -101,7 +105,7 @@ def keys_list() -> None:
 def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `prospect keys list`).")]) -> None:
     """Revoke an API key; requests with it fail within a few seconds."""
     try:
-        with session_scope(get_engine()) as session:
+        with session_scope(database_engine()) as session:
             keys_mod.revoke_key(session, key_id=key_id)
     except DomainError as exc:
         _fail(exc.message)

@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from core import base_models
+from core.cli_run import database_engine
 from core.client import ApiError, Client
-from core.db import get_engine, session_scope
+from core.db import session_scope
 from core.errors import DomainError
 from core.settings import get_settings
 
@@ -56,7 +57,7 @@ def models_add(
     settings = get_settings()
     settings.ensure_dirs()
     try:
-        with session_scope(get_engine(settings)) as session:
+        with session_scope(database_engine(settings)) as session:
             rec = base_models.register_base_model(session, settings=settings, name=name, source=source,
                                                   revision=revision)
             sha, path = rec.sha256, rec.path
@@ -69,7 +70,7 @@ def models_add(
 @models_app.command("list")
 def models_list() -> None:
     """List registered base models."""
-    with session_scope(get_engine()) as session:
+    with session_scope(database_engine()) as session:
         rows = base_models.list_base_models(session)
     table = Table("name", "architecture", "sha256", "path", "created")
     for r in rows:
