@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, ge=1, le=65535, description="API port.")
     log_level: str = Field("INFO", description="Python logging level.")
-    api_url: str | None = Field(None, description="Where the CLI reaches the API; default http://host:port.")
+    api_url: str | None = Field(None, description="Where the CLI reaches the API; default: the running `prospect up` (core.instance).")
     api_key: str | None = Field(None, description="The key the CLI sends (PROSPECT_API_KEY).")
 
     # Ingestion limits.
@@ -128,10 +128,6 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_path / "models"
-
-    @property
-    def client_base_url(self) -> str:
-        return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def sqlalchemy_url(self) -> str:
