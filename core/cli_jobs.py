@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.cli_run import EXIT_FAILED, EXIT_INTERRUPTED
 from core.client import ApiError, Client
 from core.settings import get_settings
 
@@ -73,7 +74,8 @@ def start(
     config: Annotated[str | None, typer.Option(help="KTO config overrides as JSON, e.g. '{\"beta\": 0.2}'.")] = None,
     options: Annotated[str | None, typer.Option(help="Pipeline options as JSON (heldout_fraction, gate_*).")] = None,
     force_publish: Annotated[bool, typer.Option(help="Publish even if the held-out gate refuses.")] = False,
-    watch_it: Annotated[bool, typer.Option("--watch", help="Watch it until it ends.")] = False,
+    watch_it: Annotated[bool, typer.Option("--watch", help="Watch it until it ends (exit 1 unless it succeeded).")]
+    = False,
 ) -> None:
     """Queue an alignment job; prints its id on stdout."""
     client = _client()
@@ -84,7 +86,7 @@ def start(
     console.print(f"queued job {job['id']} for adapter {adapter}")
     print(job["id"])
     if watch_it:
-        _watch(client, job["id"], interval=1.0)
+        _exit_for(_watch(client, job["id"], interval=1.0))
 
 
 @jobs_app.command("status")
@@ -132,18 +134,28 @@ def cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
 def _watch(client: Client, job_id: str, *, interval: float) -> dict:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}  kl {task.fields[kl]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("queued", total=None, loss="-", kl="-")
-        while True:
-            job = _call(client.get, f"/v1/jobs/{job_id}")
-            p, m = job["progress"], job.get("metrics") or {}
-            bar.update(task, description=job["status"], completed=p["step"], total=p["total"] or None,
-                       loss=_fmt(m.get("loss")), kl=_fmt(m.get("kl")))
-            if job["status"] in FINISHED:
-                break
-            time.sleep(interval)
+    try:
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("queued", total=None, loss="-", kl="-")
+            while True:
+                job = _call(client.get, f"/v1/jobs/{job_id}")
+                p, m = job["progress"], job.get("metrics") or {}
+                bar.update(task, description=job["status"], completed=p["step"], total=p["total"] or None,
+                           loss=_fmt(m.get("loss")), kl=_fmt(m.get("kl")))
+                if job["status"] in FINISHED:
+                    break
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        console.print(f"interrupted; the job goes on (`prospect jobs watch {job_id}`, `prospect jobs cancel {job_id}`)")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     print(_summary(job))
     return job
+
+
+def _exit_for(job: dict) -> None:
+    """Exit code of a command that waited for a job: 0 succeeded, 1 failed or cancelled."""
+    if job["status"] != "succeeded":
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _fmt(value) -> str:
@@ -154,6 +166,4 @@ def _fmt(value) -> str:
 def watch(job_id: Annotated[str, typer.Argument(help="The job id.")],
           interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 1.0) -> None:
     """A progress bar with the latest loss and kl until the job ends; exit code 1 unless it succeeded."""
-    job = _watch(_client(), job_id, interval=interval)
-    if job["status"] != "succeeded":
-        raise typer.Exit(1)
+    _exit_for(_watch(_client(), job_id, interval=interval))

@@ -57,3 +57,21 @@ def test_errors_are_messages(cli):
     assert "must be a JSON object" in cli("jobs", "start", "bot", "-b", "tiny", "--config", "[1]").output
     missing = cli("jobs", "status", "nope")
     assert missing.exit_code == 2 and "no job with id 'nope'" in missing.output
+
+
+def test_start_watch_exits_1_when_the_job_did_not_succeed_and_130_when_interrupted(cli, engine, monkeypatch):
+    def cancel_it(_s):  # while the CLI waits, the job ends without succeeding
+        with session_scope(engine) as s:
+            for job in jobs.list_jobs(s, status="queued", limit=10):
+                jobs.request_cancel(s, job_id=job.id)
+
+    monkeypatch.setattr(cli_jobs.time, "sleep", cancel_it)
+    watched = cli("jobs", "start", "bot", "--base-model", "tiny", "--watch")
+    assert watched.exit_code == 1 and "cancelled" in watched.stdout
+
+    def ctrl_c(_s):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_jobs.time, "sleep", ctrl_c)
+    interrupted = cli("jobs", "start", "bot", "--base-model", "tiny", "--watch")
+    assert interrupted.exit_code == 130 and "prospect jobs watch" in interrupted.output
