@@ -128,6 +128,11 @@ async def number_out_of_range(_: Request | None, exc: OverflowError) -> JSONResp
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # its loc is ("body", <character offset>), not a field
+            at = err.get("loc", ("body", 0))[-1]
+            errors.append({"field": "body", "type": "json_invalid",
+                           "message": f"not valid JSON (at character {at}); send a JSON object"})
+            continue
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         errors.append({"field": loc, "message": err.get("msg", "invalid"), "type": err.get("type")})
     summary = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors[:5])
