@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI
 
 from api.auth import Authenticator
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.guard import GuardMiddleware
 from api.metrics import MetricsMiddleware
@@ -40,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Prospect",
         version="0.1.0",
         description="Thumbs-up/down feedback in, KTO-aligned LoRA adapters out.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = get_engine(settings)
@@ -65,5 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(metrics_router)
     install_ui(app)
+    install_docs(app)
     app.add_middleware(MetricsMiddleware)
     return app
