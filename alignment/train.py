@@ -258,12 +258,13 @@ def _class_means(values: torch.Tensor, labels: torch.Tensor) -> tuple[float | No
     return mean(labels), mean(~labels)
 
 
-def summarize(losses, rewards, logps, labels, kls) -> dict:
-    """Per-class means of one step's (or one evaluation's) examples."""
+def summarize(losses, rewards, logps, labels, kls, kl_estimates=None) -> dict:
+    """Per-class means of one step's (or one evaluation's) examples. ``kl`` is z0 as the loss used it
+    (clamped at 0); ``kl_estimate``, when given, the unclamped estimate."""
     rewards, logps, labels = torch.cat(rewards), torch.cat(logps), torch.cat(labels)
     reward_d, reward_u = _class_means(rewards, labels)
     logps_d, logps_u = _class_means(logps, labels)
-    return {
+    summary = {
         "loss": float(torch.stack(losses).mean()),
         "kl": float(torch.stack(kls).mean()),
         "reward_desirable": reward_d,
@@ -272,6 +273,9 @@ def summarize(losses, rewards, logps, labels, kls) -> dict:
         "logps_desirable": logps_d,
         "logps_undesirable": logps_u,
     }
+    if kl_estimates is not None:
+        summary["kl_estimate"] = float(torch.stack(kl_estimates).mean())
+    return summary
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -425,7 +429,7 @@ def train_kto(
             raise TrainingCancelled(step)
         step_started = time.perf_counter()
         micro = plan.step_microbatches(step)
-        losses, rewards, logps, labels, kls, tokens = [], [], [], [], [], 0
+        losses, rewards, logps, labels, kls, kl_estimates, tokens = [], [], [], [], [], [], 0
         for k in micro:
             batch = collate_fn(plan.microbatch(k), microbatch=k)
             if reference is not None:
@@ -441,6 +445,7 @@ def train_kto(
             logps.append(policy.detach())
             labels.append(batch.labels)
             kls.append(out.kl)
+            kl_estimates.append(out.kl_estimate)
             tokens += batch.num_tokens
 
         clip = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
@@ -454,7 +459,7 @@ def train_kto(
         metrics = {
             "step": step + 1,
             "epoch": (micro.stop) / len(plan.batches),
-            **summarize(losses, rewards, logps, labels, kls),
+            **summarize(losses, rewards, logps, labels, kls, kl_estimates),
             "grad_norm": float(grad_norm),
             "learning_rate": lr,
             "tokens": tokens,

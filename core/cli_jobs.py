@@ -103,7 +103,8 @@ def status(job_id: Annotated[str, typer.Argument(help="The job id.")],
         print(f"  class weights: desirable {w['desirable']:.3f}, undesirable {w['undesirable']:.3f} ({w['reason']})")
     if job.get("metrics"):
         m = job["metrics"]
-        print(f"  latest: loss {m.get('loss')}, kl {m.get('kl')}, margin {m.get('reward_margin')}")
+        print(f"  latest: loss {m.get('loss')}, kl estimate {_kl(m)} (clamped at 0 in the loss: {m.get('kl')}), "
+              f"margin {m.get('reward_margin')}")
 
 
 @jobs_app.command("list")
@@ -134,6 +135,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
 def _watch(client: Client, job_id: str, *, interval: float) -> dict:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}  kl {task.fields[kl]}"), TimeElapsedColumn())
+    console.print("kl: the unclamped estimate of the KL term; the loss uses it clamped at 0")
     try:
         with Progress(*columns, console=console) as bar:
             task = bar.add_task("queued", total=None, loss="-", kl="-")
@@ -141,7 +143,7 @@ def _watch(client: Client, job_id: str, *, interval: float) -> dict:
                 job = _call(client.get, f"/v1/jobs/{job_id}")
                 p, m = job["progress"], job.get("metrics") or {}
                 bar.update(task, description=job["status"], completed=p["step"], total=p["total"] or None,
-                           loss=_fmt(m.get("loss")), kl=_fmt(m.get("kl")))
+                           loss=_fmt(m.get("loss")), kl=_fmt(_kl(m)))
                 if job["status"] in FINISHED:
                     break
                 time.sleep(interval)
@@ -156,6 +158,12 @@ def _exit_for(job: dict) -> None:
     """Exit code of a command that waited for a job: 0 succeeded, 1 failed or cancelled."""
     if job["status"] != "succeeded":
         raise typer.Exit(EXIT_FAILED)
+
+
+def _kl(metrics: dict):
+    """The unclamped KL estimate (near the reference it is often just below 0, which the clamped z0,
+    ``kl``, shows as 0.0000 on every step); older jobs only have ``kl``."""
+    return metrics.get("kl_estimate", metrics.get("kl"))
 
 
 def _fmt(value) -> str:

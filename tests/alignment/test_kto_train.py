@@ -61,8 +61,10 @@ def test_metrics_and_progress_callback(tiny_model, tiny_tokenizer, rows):
                        on_progress=lambda step, total, m: calls.append((step, total, m)))
     assert [(s, t) for s, t, _ in calls] == [(1, 3), (2, 3), (3, 3)]
     keys = {"loss", "kl", "reward_desirable", "reward_undesirable", "reward_margin", "logps_desirable",
-            "logps_undesirable", "grad_norm", "learning_rate", "tokens_per_s", "step", "epoch", "tokens"}
+            "logps_undesirable", "grad_norm", "learning_rate", "tokens_per_s", "step", "epoch", "tokens",
+            "kl_estimate"}
     assert keys <= calls[0][2].keys()
+    assert all(m["kl"] >= max(0.0, m["kl_estimate"]) - 1e-9 for *_, m in calls)  # the mean of clamped z0s
     assert result.history == [m for _, _, m in calls]
     # Step 1 at a fresh adapter: policy == reference, so loss 0.5 and kl 0.
     assert calls[0][2]["loss"] == pytest.approx(0.5) and calls[0][2]["kl"] == 0.0

@@ -75,3 +75,15 @@ def test_start_watch_exits_1_when_the_job_did_not_succeed_and_130_when_interrupt
     monkeypatch.setattr(cli_jobs.time, "sleep", ctrl_c)
     interrupted = cli("jobs", "start", "bot", "--base-model", "tiny", "--watch")
     assert interrupted.exit_code == 130 and "prospect jobs watch" in interrupted.output
+
+
+def test_progress_shows_the_unclamped_kl_estimate(cli, engine):
+    job_id = cli("jobs", "start", "bot", "--base-model", "tiny").stdout.strip().splitlines()[-1]
+    with session_scope(engine) as s:
+        token = jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60).token
+        jobs.record_progress(s, job_id=job_id, token=token, step=1, total=1, attempt=1,
+                             metrics={"loss": 0.5, "kl": 0.0, "kl_estimate": -0.0123})
+        jobs.succeed(s, job_id=job_id, token=token, adapter_version_id=None)
+    watched = cli("jobs", "watch", job_id, "--interval", "0.01")
+    assert watched.exit_code == 0 and "kl -0.0123" in watched.output and "clamped at 0" in watched.output
+    assert "kl estimate -0.0123 (clamped at 0 in the loss: 0.0)" in cli("jobs", "status", job_id).stdout
