@@ -12,12 +12,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from core import keys as keys_mod
 from core.cli_feedback import feedback_app
 from core.cli_jobs import jobs_app
 from core.cli_live import rollouts_app
+from core.cli_output import JsonOption, print_rows
 from core.cli_resources import adapters_app, models_app, snapshots_app
 from core.cli_run import ProspectTyper, database_engine
 from core.cli_up import redact, up
@@ -80,18 +80,19 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list() -> None:
+def keys_list(as_json: JsonOption = False) -> None:
     """List API keys (never their secrets)."""
+    def when(t):
+        return t.isoformat(timespec="seconds") if t else None
+
     with session_scope(database_engine()) as session:
-        rows = keys_mod.list_keys(session)
-    table = Table("id", "name", "prefix", "scopes", "created", "last used (±1 min)", "revoked")
-    for r in rows:
-        table.add_row(
-            str(r.id), r.name, r.prefix + "…", r.scopes, r.created_at.isoformat(timespec="seconds"),
-            r.last_used_at.isoformat(timespec="seconds") if r.last_used_at else "",
-            r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "",
-        )
-    Console().print(table)
+        rows = [{"id": r.id, "name": r.name, "prefix": r.prefix, "scopes": r.scopes, "created_at": when(r.created_at),
+                 "last_used_at": when(r.last_used_at), "revoked_at": when(r.revoked_at)}
+                for r in keys_mod.list_keys(session)]
+    print_rows(rows, {"id": lambda r: r["id"], "name": lambda r: r["name"], "prefix": lambda r: r["prefix"] + "…",
+                      "scopes": lambda r: r["scopes"], "created": lambda r: r["created_at"],
+                      "last used (±1 min)": lambda r: r["last_used_at"], "revoked": lambda r: r["revoked_at"]},
+               as_json=as_json)
 
 
 @keys_app.command("revoke")

@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from core.cli_output import JsonOption, print_rows
 from core.cli_run import EXIT_FAILED, EXIT_INTERRUPTED
 from core.client import ApiError, Client
 from core.settings import get_settings
@@ -112,16 +112,17 @@ def list_(
     status_: Annotated[str | None, typer.Option("--status", help="queued|running|succeeded|failed|cancelled")] = None,
     adapter: Annotated[str | None, typer.Option(help="Only this adapter.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: JsonOption = False,
 ) -> None:
     """Jobs, newest first."""
     params = {k: v for k, v in {"status": status_, "adapter": adapter, "limit": limit}.items() if v is not None}
     rows = _call(_client().get, "/v1/jobs", params=params)["jobs"]
-    table = Table("id", "adapter", "status", "step", "attempts", "version", "created")
-    for j in rows:
-        version = f"v{j['adapter_version']['version']}" if j.get("adapter_version") else ""
-        table.add_row(j["id"], j["adapter"], j["status"], f"{j['progress']['step']}/{j['progress']['total']}",
-                      str(j["attempts"]), version, j["created_at"][:19])
-    Console(width=max(Console().width, 140)).print(table)  # room for 32-character ids
+    print_rows(rows, {
+        "id": lambda j: j["id"], "adapter": lambda j: j["adapter"], "status": lambda j: j["status"],
+        "step": lambda j: f"{j['progress']['step']}/{j['progress']['total']}", "attempts": lambda j: j["attempts"],
+        "version": lambda j: f"v{j['adapter_version']['version']}" if j.get("adapter_version") else "",
+        "created": lambda j: j["created_at"][:19],
+    }, as_json=as_json)
 
 
 @jobs_app.command("cancel")

@@ -37,6 +37,7 @@ def test_start_status_list_cancel_watch(cli, engine):
     assert status.exit_code == 0 and json.loads(status.stdout)["config"] == {"beta": 0.2}
     assert "queued" in cli("jobs", "status", job_id).stdout
     assert job_id in cli("jobs", "list", "--adapter", "bot").stdout
+    assert [j["id"] for j in json.loads(cli("jobs", "list", "--json").stdout)] == [job_id]
 
     with session_scope(engine) as s:
         token = jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60).token
