@@ -181,6 +181,8 @@ def up(
     settings.ensure_dirs()
     lock = hold_data_lock(settings)  # noqa: F841 - held until we exit
     check_port_free(host, port)
+    if not verbose:  # one line per migration on a first start: noise above the banner
+        logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     upgrade(settings.sqlalchemy_url)
     admin_key = first_admin_key()
     from core.metrics import reset_dir  # sets PROMETHEUS_MULTIPROC_DIR, which the children inherit
