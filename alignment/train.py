@@ -212,7 +212,10 @@ class ReferenceCache:
         self.kl = torch.full((n,), float("nan"))
 
     def fill(self, model, collator: Collator, batches: Sequence[Sequence[int]],
-             should_stop: Callable[[], bool] | None) -> None:
+             should_stop: Callable[[], bool] | None,
+             on_rows: Callable[[int, int], None] | None = None) -> None:
+        """``on_rows(done, total)`` after each microbatch (rows whose reference log-probs are known)."""
+        done, total = 0, sum(len(b) for b in batches)
         for indices in batches:
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(0)
@@ -222,6 +225,9 @@ class ReferenceCache:
             self.matched[idx] = matched.float().cpu()
             if kl is not None:
                 self.kl[idx] = kl.float().cpu()
+            done += len(indices)
+            if on_rows is not None:
+                on_rows(done, total)
 
     def get(self, batch: Batch, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.tensor(batch.indices)
@@ -369,6 +375,7 @@ def train_kto(
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    on_phase: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``rows`` with the KTO loss.
 
@@ -378,7 +385,8 @@ def train_kto(
     pi_ref is the same network with the adapter disabled.
 
     ``on_progress(step, total_steps, metrics)`` is called after every
-    optimiser step. ``should_stop()`` is polled before every step (and while
+    optimiser step; ``on_phase("reference pass 120/240")`` while the reference
+    log-probs are precomputed (rows done/total). ``should_stop()`` is polled before every step (and while
     the reference is precomputed); when it returns True, :class:`TrainingCancelled`
     is raised: no result exists and nothing may be published.
 
@@ -420,7 +428,8 @@ def train_kto(
                                               reference=reference, fingerprint=fingerprint, runtime=runtime)
     if reference is not None and bool(reference.matched.isnan().any()):  # not restored from a checkpoint
         started = time.perf_counter()
-        reference.fill(model, collate_fn, plan.batches, should_stop)
+        on_rows = (lambda done, total: on_phase(f"reference pass {done}/{total}")) if on_phase else None
+        reference.fill(model, collate_fn, plan.batches, should_stop, on_rows)
         log.info("reference log-probs of %d examples in %.1f s", len(examples), time.perf_counter() - started)
 
     run_started = time.perf_counter()

@@ -58,7 +58,8 @@ def _json_option(raw: str | None, what: str) -> dict:
 
 def _summary(job: dict) -> str:
     p = job["progress"]
-    line = f"job {job['id']}  {job['adapter']}  {job['status']}  step {p['step']}/{p['total']}  attempts {job['attempts']}"
+    status = f"{job['status']} ({job['phase']})" if job["status"] == "running" and job.get("phase") else job["status"]
+    line = f"job {job['id']}  {job['adapter']}  {status}  step {p['step']}/{p['total']}  attempts {job['attempts']}"
     if job.get("adapter_version"):
         line += f"  -> {job['adapter_version']['adapter']} v{job['adapter_version']['version']}"
     if job.get("error"):
@@ -143,7 +144,8 @@ def _watch(client: Client, job_id: str, *, interval: float) -> dict:
             while True:
                 job = _call(client.get, f"/v1/jobs/{job_id}")
                 p, m = job["progress"], job.get("metrics") or {}
-                bar.update(task, description=job["status"], completed=p["step"], total=p["total"] or None,
+                shown = job["phase"] if job["status"] == "running" and job.get("phase") else job["status"]
+                bar.update(task, description=shown, completed=p["step"], total=p["total"] or None,
                            loss=_fmt(m.get("loss")), kl=_fmt(_kl(m)))
                 if job["status"] in FINISHED:
                     break

@@ -50,6 +50,8 @@ from core.snapshots import parse_filters, parse_options
 log = logging.getLogger(__name__)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# What a running job does, in order; "reference pass" comes with rows done/total.
+PHASES = ("preparing", "loading model", "reference pass", "training", "evaluating", "publishing")
 ACTIVE = ("queued", "running")
 MAX_LIST_LIMIT = 500
 
@@ -322,6 +324,7 @@ def claim_job(
     job.claim_token = uuid.uuid4().hex
     job.heartbeat_at = now
     job.started_at = job.started_at or now
+    job.phase = "preparing"
     attempt, token = job.attempts, job.claim_token
     try:
         session.flush()
@@ -409,8 +412,20 @@ def record_progress(
     clean = {k: _json_number(v) for k, v in metrics.items()}
     session.merge(JobMetric(job_id=job_id, step=step, attempt=attempt, metrics=clean, created_at=now))
     job.progress_step, job.progress_total = step, total
+    job.phase = "training"
     job.metrics = clean
     job.heartbeat_at = now
+    return job.cancel_requested
+
+
+def set_phase(session: Session, *, job_id: str, token: str, phase: str, now: datetime | None = None) -> bool:
+    """What the running job does now (one of PHASES, optionally with a count: "reference pass 120/240"),
+    shown before the first step; fenced like progress. Returns whether cancellation was requested."""
+    if phase.split(" ", 1)[0] not in {p.split(" ", 1)[0] for p in PHASES}:
+        raise ValueError(f"unknown phase {phase!r}")
+    job = _owned(session, job_id=job_id, token=token)
+    job.phase = phase[:64]
+    job.heartbeat_at = now or utcnow()
     return job.cancel_requested
 
 
@@ -423,6 +438,7 @@ def _json_number(value: Any) -> Any:
 
 def _finish(job: AlignmentJob, status: str, *, now: datetime, error: str | None = None) -> None:
     job.status = status
+    job.phase = None
     job.finished_at = now
     if error is not None:
         job.error = error

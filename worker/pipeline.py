@@ -306,12 +306,14 @@ class _Run:
         with self._session() as s:
             jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
+        self._phase("loading model")
         model, tokenizer = self._load_base(base)
         result = self._train(live, model, tokenizer, split.train, config, reload=lambda: self._load_base(base)[0])
         if result is None:
             return self._stopped(live)
         self.model = result.model
 
+        self._phase("evaluating")
         figures = self._evaluate(result, tokenizer, split, config, options)
         figures["split"] = {"train": train_counts, "heldout": heldout_counts}
         if job.force_publish:
@@ -322,6 +324,7 @@ class _Run:
         if live.should_stop():
             return self._stopped(live)
 
+        self._phase("publishing")
         live.stop_heartbeat()  # publishing takes seconds; the fence, not the heartbeat, decides
         try:
             version = self._publish(job, base, snapshot, result, figures)
@@ -356,6 +359,10 @@ class _Run:
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, use_safetensors=True)
         return model, tokenizer
 
+    def _phase(self, phase: str) -> None:
+        with self._session() as s:
+            jobs.set_phase(s, job_id=self.job_id, token=self.token, phase=phase)
+
     def _on_progress(self, step: int, total: int, metrics: dict) -> None:
         with self._session() as s:
             if not self.first_step_seen:
@@ -377,13 +384,13 @@ class _Run:
         try:
             try:
                 return train_kto(model, tokenizer, rows, config, on_progress=self._on_progress,
-                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
+                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True, on_phase=self._phase)
             except CheckpointMismatch as exc:
                 # E.g. written by a GPU worker in bf16, and this is a CPU worker: start afresh.
                 log.warning("job %s: %s; starting from scratch", self.job_id, exc)
                 shutil.rmtree(ckpt, ignore_errors=True)
                 return train_kto(reload(), tokenizer, rows, config, on_progress=self._on_progress,
-                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
+                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True, on_phase=self._phase)
         except TrainingCancelled:
             return None
 

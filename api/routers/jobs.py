@@ -54,6 +54,7 @@ def job_out(session: Session, job: AlignmentJob) -> JobOut:
     return JobOut(
         id=job.id, adapter=job.adapter_name, base_model=base_name, status=job.status,
         progress={"step": job.progress_step, "total": job.progress_total},
+        phase=job.phase,
         metrics=job.metrics, class_counts={"desirable": job.n_desirable, "undesirable": job.n_undesirable},
         class_weights=job.class_weights, eval_metrics=job.eval_metrics, snapshot_id=job.snapshot_id,
         policy_id=job.policy_id,

@@ -57,6 +57,8 @@ class JobOut(BaseModel):
     base_model: str
     status: JobStatus
     progress: Progress
+    phase: str | None = Field(None, description="What a running job does now: preparing, loading model, "
+                              "reference pass N/M (rows), training, evaluating, publishing; null otherwise.")
     metrics: dict[str, Any] | None = Field(description="The latest training step's metrics.")
     class_counts: ClassCounts = Field(description="Labels in the snapshot.")
     class_weights: dict[str, Any] | None = Field(description="lambda_D, lambda_U used, and the reason.")

@@ -88,3 +88,12 @@ def test_progress_shows_the_unclamped_kl_estimate(cli, engine):
     watched = cli("jobs", "watch", job_id, "--interval", "0.01")
     assert watched.exit_code == 0 and "kl -0.0123" in watched.output and "clamped at 0" in watched.output
     assert "kl estimate -0.0123 (clamped at 0 in the loss: 0.0)" in cli("jobs", "status", job_id).stdout
+
+
+def test_status_shows_the_phase_before_the_first_step(cli, engine):
+    job_id = cli("jobs", "start", "bot", "--base-model", "tiny").stdout.strip().splitlines()[-1]
+    with session_scope(engine) as s:
+        token = jobs.claim_job(s, job_id=job_id, worker="w:1", heartbeat_timeout_s=60).token
+        jobs.set_phase(s, job_id=job_id, token=token, phase="reference pass 120/240")
+    assert "running (reference pass 120/240)  step 0/0" in cli("jobs", "status", job_id).stdout
+    assert json.loads(cli("jobs", "status", job_id, "--json").stdout)["phase"] == "reference pass 120/240"

@@ -309,3 +309,20 @@ def test_a_checkpoint_that_cannot_continue_is_dropped_and_the_job_starts_afresh(
     assert run_job(job_id, settings=settings).status == "succeeded"
     job, n_metrics, _ = _state(stack["engine"], job_id)
     assert (job.resumed_from_step, n_metrics) == (None, 12)
+
+
+def test_a_running_job_reports_its_phase_before_the_first_step(stack, monkeypatch):
+    settings, engine = stack["settings"], stack["engine"]
+    seen, set_phase = [], jobs.set_phase
+
+    def recording(session, *, job_id, token, phase, now=None):
+        seen.append(phase)
+        return set_phase(session, job_id=job_id, token=token, phase=phase, now=now)
+
+    monkeypatch.setattr(jobs, "set_phase", recording)
+    job_id = _job(engine)
+    assert run_job(job_id, settings=settings).status == "succeeded"
+    references = [p for p in seen if p.startswith("reference pass ")]
+    assert seen == ["loading model", *references, "evaluating", "publishing"]
+    assert references and references[-1] == "reference pass 28/28"  # the 14 + 14 training rows
+    assert _state(engine, job_id)[0].phase is None  # finished: the status says it
