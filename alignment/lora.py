@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -120,6 +121,10 @@ def attach_lora(model, config: KTOConfig):
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=list(targets), bias="none", task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # PEFT reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning in every
+            # job's log, which we can do nothing about); only that warning, only here.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lora)
     use_seeded_dropout(model)
     return model

@@ -120,6 +120,7 @@ def _stage(staged: Path, tmp: Path, *, base_model_name: str) -> list[dict]:
 
 
 def _readme(*, adapter_name: str, version: int, base_model: BaseModelRecord) -> str:
+    folder = f"path/to/{adapter_name}-v{version}"
     return f"""# {adapter_name} v{version}
 
 A LoRA adapter trained with KTO by Prospect on thumbs-up/down feedback.
@@ -127,23 +128,45 @@ Base model: `{base_model.name}` (weights sha256 `{base_model.sha256}`, from `{ba
 `manifest.json` lists every file with its sha256, the snapshot, the job, the
 hyper-parameters, the class weights and the held-out metrics.
 
-## PEFT
+Training rendered every prompt with the base model's chat template (as a user
+message, then the assistant's turn): generate the same way. A raw prompt
+without the template gets answers the adapter was never trained on.
+
+## PEFT and transformers
 
 ```python
+import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-base = AutoModelForCausalLM.from_pretrained("{base_model.source}")
-tokenizer = AutoTokenizer.from_pretrained("{base_model.source}")
-model = PeftModel.from_pretrained(base, "path/to/{adapter_name}-v{version}")
+BASE = "{base_model.path}"  # the base model's folder on the Prospect server (or your copy of it)
+ADAPTER = "{folder}"
+
+tokenizer = AutoTokenizer.from_pretrained(BASE)
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER).eval()
+
+messages = [{{"role": "user", "content": "How do I reset my password?"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                       return_dict=True)
+with torch.no_grad():
+    out = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
+
+`adapter_config.json` names the base model `{base_model.name}`, its name in
+Prospect, which is neither a folder nor a hub id: `AutoPeftModelForCausalLM.from_pretrained(ADAPTER)`
+would look for it on the Hugging Face hub. Load the base from its folder first, as above.
 
 ## vLLM
 
 ```bash
-vllm serve {base_model.source} --enable-lora \\
-    --lora-modules {adapter_name}=path/to/{adapter_name}-v{version}
+vllm serve BASE_FOLDER --enable-lora --lora-modules {adapter_name}={folder}
+curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{adapter_name}", "messages": [{{"role": "user", "content": "How do I reset my password?"}}]}}'
 ```
+
+The chat endpoint applies the chat template, as training did; `/v1/completions`
+with a raw prompt does not.
 """
 
 

@@ -326,3 +326,17 @@ def test_a_running_job_reports_its_phase_before_the_first_step(stack, monkeypatc
     assert seen == ["loading model", *references, "evaluating", "publishing"]
     assert references and references[-1] == "reference pass 28/28"  # the 14 + 14 training rows
     assert _state(engine, job_id)[0].phase is None  # finished: the status says it
+
+
+def test_the_adapter_readme_generation_example_runs_as_written(stack, capsys):
+    settings, engine = stack["settings"], stack["engine"]
+    job_id = _job(engine)
+    assert run_job(job_id, settings=settings).status == "succeeded"
+    with session_scope(engine) as s:
+        version = s.get(AdapterVersion, s.get(AlignmentJob, job_id).adapter_version_id)
+    folder = version_dir(settings, version)
+    readme = (folder / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "apply_chat_template" in code and "/v1/chat/completions" in readme
+    exec(code.replace('"path/to/bot-v1"', repr(str(folder))), {})  # noqa: S102 - our own README's example
+    assert capsys.readouterr().out.strip() != ""  # it generated text with the adapter
