@@ -138,8 +138,10 @@ def create_job(
     force_publish: bool = False,
     max_attempts: int = 3,
     policy_id: str | None = None,
+    preparing_model: str | None = None,
 ) -> AlignmentJob:
     """A queued job. ``config`` must already be validated (``alignment.config.KTOConfig``).
+    ``preparing_model``: the bundled model's name, which may not be registered yet (a 503 to retry).
 
     ``snapshot_filters`` (``core.snapshots.SnapshotFilters``: model, metadata
     tags, since, until) select the votes of the snapshot the job takes when it
@@ -148,7 +150,7 @@ def create_job(
     check_name(adapter_name, what="adapter")
     if not isinstance(config or {}, dict):
         raise InvalidInput("config must be a JSON object of alignment config overrides")
-    base = get_base_model(session, name=base_model_name)
+    base = get_base_model(session, name=base_model_name, preparing=preparing_model)
     parse_options(snapshot_options)
     filters = parse_filters(snapshot_filters).model_dump(mode="json", exclude_defaults=True)
     if snapshot_id is not None and filters:

@@ -80,6 +80,7 @@ def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, principal
         config=config, snapshot_options=body.snapshot_options, snapshot_filters=body.snapshot_filters,
         options=body.options,
         force_publish=body.force_publish, max_attempts=settings.job_max_attempts,
+        preparing_model=settings.bundled_model_name if settings.register_bundled_model else None,
     )
     job.created_by_key_id = principal.key_id  # set here: jobs.create_job also serves policies and the CLI
     session.commit()
