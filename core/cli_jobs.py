@@ -23,6 +23,7 @@ from core.settings import get_settings
 console = Console(stderr=True)
 jobs_app = typer.Typer(help="Start, inspect, watch and cancel alignment jobs (REST).", no_args_is_help=True)
 FINISHED = ("succeeded", "failed", "cancelled")
+RETRY_FOR_S, RETRY_EVERY_S = 180.0, 5.0
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -83,11 +84,25 @@ def start(
     body = {"adapter": adapter, "base_model": base_model, "snapshot_id": snapshot,
             "config": _json_option(config, "config"), "options": _json_option(options, "options"),
             "force_publish": force_publish}
-    job = _call(client.post, "/v1/jobs", json=body)
+    job = _post_job(client, body)
     console.print(f"queued job {job['id']} for adapter {adapter}")
     print(job["id"])
     if watch_it:
         _exit_for(_watch(client, job["id"], interval=1.0))
+
+
+def _post_job(client: Client, body: dict) -> dict:
+    """POST /v1/jobs; while the API answers 503 (the bundled model is still being converted on a first
+    start, or the database is busy) wait and try again, up to RETRY_FOR_S."""
+    deadline = time.monotonic() + RETRY_FOR_S
+    while True:
+        try:
+            return client.post("/v1/jobs", json=body)
+        except ApiError as exc:
+            if exc.status != 503 or time.monotonic() > deadline:
+                _fail(exc.message)
+            console.print(f"waiting: {exc.message}")
+            time.sleep(RETRY_EVERY_S)
 
 
 @jobs_app.command("status")
