@@ -188,7 +188,13 @@ def _manifest(*, adapter_name: str, version: int, files: list[dict], base_model:
         },
         "job_id": job_id,
         "hyperparameters": hyperparameters,
-        "class_counts": class_counts,
+        "class_counts": class_counts,  # of the training rows (what the class weights were computed from)
+        "counts": {  # the same, named apart from the snapshot's and the held-out split's
+            "snapshot": None if snapshot is None else {"desirable": snapshot.n_desirable,
+                                                       "undesirable": snapshot.n_undesirable},
+            "train": class_counts or None,
+            "heldout": ((eval_metrics or {}).get("split") or {}).get("heldout"),
+        },
         "class_weights": class_weights,
         "eval_metrics": eval_metrics,
     }

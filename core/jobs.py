@@ -420,6 +420,14 @@ def record_progress(
     return job.cancel_requested
 
 
+def counts_by_set(job: AlignmentJob) -> dict:
+    """Class counts named apart: the snapshot, and its train / held-out splits once the pipeline split it
+    (kept in eval_metrics["split"], also on a job that failed for too few held-out rows)."""
+    split = (job.eval_metrics or {}).get("split") or {}
+    return {"snapshot": {"desirable": job.n_desirable, "undesirable": job.n_undesirable},
+            "train": split.get("train"), "heldout": split.get("heldout")}
+
+
 def set_phase(session: Session, *, job_id: str, token: str, phase: str, now: datetime | None = None) -> bool:
     """What the running job does now (one of PHASES, optionally with a count: "reference pass 120/240"),
     shown before the first step; fenced like progress. Returns whether cancellation was requested."""

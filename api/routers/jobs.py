@@ -56,6 +56,7 @@ def job_out(session: Session, job: AlignmentJob) -> JobOut:
         progress={"step": job.progress_step, "total": job.progress_total},
         phase=job.phase,
         metrics=job.metrics, class_counts={"desirable": job.n_desirable, "undesirable": job.n_undesirable},
+        counts=jobs.counts_by_set(job),
         class_weights=job.class_weights, eval_metrics=job.eval_metrics, snapshot_id=job.snapshot_id,
         policy_id=job.policy_id,
         adapter_version=(

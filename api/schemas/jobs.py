@@ -44,6 +44,12 @@ class ClassCounts(BaseModel):
     undesirable: int | None
 
 
+class CountsBySet(BaseModel):
+    snapshot: ClassCounts = Field(description="Labels in the job's snapshot.")
+    train: ClassCounts | None = Field(description="Labels of the rows trained on (known once the job evaluated).")
+    heldout: ClassCounts | None = Field(description="Labels of the held-out rows the gate used.")
+
+
 class AdapterVersionRef(BaseModel):
     id: int
     adapter: str
@@ -60,7 +66,9 @@ class JobOut(BaseModel):
     phase: str | None = Field(None, description="What a running job does now: preparing, loading model, "
                               "reference pass N/M (rows), training, evaluating, publishing; null otherwise.")
     metrics: dict[str, Any] | None = Field(description="The latest training step's metrics.")
-    class_counts: ClassCounts = Field(description="Labels in the snapshot.")
+    class_counts: ClassCounts = Field(description="Labels in the snapshot (as counts.snapshot; kept for clients "
+                                      "that read it).")
+    counts: CountsBySet = Field(description="Labels by set: the snapshot, its training split, its held-out split.")
     class_weights: dict[str, Any] | None = Field(description="lambda_D, lambda_U used, and the reason.")
     eval_metrics: dict[str, Any] | None = Field(description="Held-out figures of adapter and reference; the gate.")
     snapshot_id: str | None

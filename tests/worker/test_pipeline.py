@@ -325,7 +325,15 @@ def test_a_running_job_reports_its_phase_before_the_first_step(stack, monkeypatc
     references = [p for p in seen if p.startswith("reference pass ")]
     assert seen == ["loading model", *references, "evaluating", "publishing"]
     assert references and references[-1] == "reference pass 28/28"  # the 14 + 14 training rows
-    assert _state(engine, job_id)[0].phase is None  # finished: the status says it
+    job = _state(engine, job_id)[0]
+    assert job.phase is None  # finished: the status says it
+    # Class counts named apart, on the job and in the manifest: 24 + 24 in the snapshot, 14 + 14 trained on,
+    # 10 + 10 held out.
+    expected = {"snapshot": {"desirable": 24, "undesirable": 24}, "train": {"desirable": 14, "undesirable": 14},
+                "heldout": {"desirable": 10, "undesirable": 10}}
+    assert jobs.counts_by_set(job) == expected
+    with session_scope(engine) as s:
+        assert s.get(AdapterVersion, job.adapter_version_id).manifest["counts"] == expected
 
 
 def test_the_adapter_readme_generation_example_runs_as_written(stack, capsys):
