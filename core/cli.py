@@ -20,6 +20,7 @@ from core.cli_live import rollouts_app
 from core.cli_output import JsonOption, print_rows
 from core.cli_resources import adapters_app, models_app, snapshots_app
 from core.cli_run import ProspectTyper, database_engine
+from core.cli_try import adapters_try  # noqa: F401 - registers `adapters try`
 from core.cli_up import redact, up
 from core.db import session_scope
 from core.errors import DomainError
