@@ -119,8 +119,16 @@ def _stage(staged: Path, tmp: Path, *, base_model_name: str) -> list[dict]:
     return [_file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()]
 
 
-def _readme(*, adapter_name: str, version: int, base_model: BaseModelRecord) -> str:
+def _readme(*, adapter_name: str, version: int, base_model: BaseModelRecord, config_base: str | None = None) -> str:
     folder = f"path/to/{adapter_name}-v{version}"
+    if config_base:
+        config_note = (f"`adapter_config.json` names the base model `{config_base}` (set by the job's "
+                       "`base_model_name_or_path` option), where `AutoPeftModelForCausalLM` and vLLM load it from.")
+    else:
+        config_note = (f"`adapter_config.json` names the base model `{base_model.name}`, its name in\n"
+                       "Prospect, which is neither a folder nor a hub id: `AutoPeftModelForCausalLM.from_pretrained"
+                       "(ADAPTER)`\nwould look for it on the Hugging Face hub. Load the base from its folder first, "
+                       "as above\n(or start the job with the option `base_model_name_or_path`).")
     return f"""# {adapter_name} v{version}
 
 A LoRA adapter trained with KTO by Prospect on thumbs-up/down feedback.
@@ -153,9 +161,7 @@ with torch.no_grad():
 print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
-`adapter_config.json` names the base model `{base_model.name}`, its name in
-Prospect, which is neither a folder nor a hub id: `AutoPeftModelForCausalLM.from_pretrained(ADAPTER)`
-would look for it on the Hugging Face hub. Load the base from its folder first, as above.
+{config_note}
 
 ## vLLM
 
@@ -218,6 +224,7 @@ def publish_adapter_version(
     class_weights: dict,
     eval_metrics: dict,
     before_commit: Callable[[Session, AdapterVersion], None] | None = None,
+    base_model_name_or_path: str | None = None,
 ) -> AdapterVersion:
     """Publish ``staged_dir`` as the next version of ``adapter_name`` and point ``latest`` at it.
 
@@ -233,7 +240,7 @@ def publish_adapter_version(
     tmp = parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        files = _stage(Path(staged_dir), tmp, base_model_name=base_model.name)
+        files = _stage(Path(staged_dir), tmp, base_model_name=base_model_name_or_path or base_model.name)
         with session_factory() as session:
             _lock_adapter(session, adapter_name)
             version = (session.scalar(select(func.max(AdapterVersion.version))
@@ -244,7 +251,8 @@ def publish_adapter_version(
                 log.warning("removing %s: left by a publish that crashed before its commit", final)
                 shutil.rmtree(final)
             created_at = utcnow()
-            readme = _readme(adapter_name=adapter_name, version=version, base_model=base_model)
+            readme = _readme(adapter_name=adapter_name, version=version, base_model=base_model,
+                             config_base=base_model_name_or_path)
             _write_bytes(tmp / "README.md", readme.encode())
             manifest = _manifest(
                 adapter_name=adapter_name, version=version, files=[*files, _file_entry(tmp / "README.md")],

@@ -85,6 +85,9 @@ class JobOptions:
     gate_min_reward_margin: float = 0.0  # lower 95% bound of the held-out reward margin must exceed this
     # Fewer held-out rows of a class than this: the job fails before training (intervals would be noise).
     gate_min_heldout_per_class: int = 10
+    # What the published adapter_config.json's base_model_name_or_path says (default: the base model's
+    # name in Prospect): a hub id or a folder, for AutoPeftModelForCausalLM and vLLM to load the base from.
+    base_model_name_or_path: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> JobOptions:
@@ -95,6 +98,11 @@ class JobOptions:
             raise InvalidInput(
                 f"unknown job option(s): {', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(known))}"
             )
+        base_ref = values.pop("base_model_name_or_path", None)
+        if base_ref is not None and not (isinstance(base_ref, str) and 0 < len(base_ref) <= 1000
+                                         and base_ref.isprintable()):
+            raise InvalidInput("job option base_model_name_or_path must be a hub id or a folder path "
+                               f"(1 to 1000 printable characters), got {str(base_ref)[:80]!r}")
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise InvalidInput(f"job option {name} must be a finite number, got {value!r}")
@@ -105,7 +113,8 @@ class JobOptions:
         if per_class != int(per_class) or per_class < 2:
             raise InvalidInput(f"job option gate_min_heldout_per_class must be an integer >= 2, got {per_class!r}: "
                                "an interval needs at least two rows of each class")
-        options = cls(**{k: int(v) if k == "gate_min_heldout_per_class" else float(v) for k, v in values.items()})
+        options = cls(**{k: int(v) if k == "gate_min_heldout_per_class" else float(v) for k, v in values.items()},
+                      base_model_name_or_path=base_ref)
         if not 0 < options.heldout_fraction < 1:
             raise InvalidInput(
                 f"heldout_fraction must be in (0, 1), got {options.heldout_fraction}: "
@@ -113,8 +122,8 @@ class JobOptions:
             )
         return options
 
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def worker_identity() -> str:

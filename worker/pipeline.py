@@ -459,6 +459,7 @@ class _Run:
                 hyperparameters=hyperparameters,
                 class_counts={"desirable": result.weights.n_desirable, "undesirable": result.weights.n_undesirable},
                 class_weights=result.weights.to_dict(), eval_metrics=safe_figures, before_commit=fence,
+                base_model_name_or_path=jobs.JobOptions.from_dict(job.options).base_model_name_or_path,
             )
         finally:
             shutil.rmtree(staged, ignore_errors=True)

@@ -29,7 +29,8 @@ class JobIn(BaseModel):
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Pipeline options: heldout_fraction (0.2), gate_min_loss_improvement "
-        "(0.01), gate_min_reward_margin (0.0), gate_min_heldout_per_class (10); thresholds must be >= 0."
+        "(0.01), gate_min_reward_margin (0.0), gate_min_heldout_per_class (10); thresholds must be >= 0; "
+        "base_model_name_or_path (a hub id or folder written to the adapter's adapter_config.json)."
     )
     force_publish: bool = Field(False, description="Publish even when the held-out gate would refuse.")
 

@@ -395,3 +395,17 @@ def test_adapters_try_answers_with_and_without_the_adapter(stack, monkeypatch):
         get_settings.cache_clear()
     assert shown.exit_code == 0, shown.output
     assert "tiny (base)" in shown.stdout and "bot v1" in shown.stdout
+
+
+def test_a_job_sets_the_adapters_base_model_name_or_path(stack):
+    import json
+
+    settings, engine = stack["settings"], stack["engine"]
+    job_id = _job(engine, options={"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    assert run_job(job_id, settings=settings).status == "succeeded"
+    with session_scope(engine) as s:
+        version = s.get(AdapterVersion, s.get(AlignmentJob, job_id).adapter_version_id)
+    folder = version_dir(settings, version)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "set by the job's `base_model_name_or_path` option" in (folder / "README.md").read_text()
