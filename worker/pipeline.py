@@ -17,6 +17,7 @@ keeps its snapshot and resumes from its last checkpoint under
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import math
@@ -306,7 +307,6 @@ class _Run:
         with self._session() as s:
             jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
-        self._phase("loading model")
         model, tokenizer = self._load_base(base)
         result = self._train(live, model, tokenizer, split.train, config, reload=lambda: self._load_base(base)[0])
         if result is None:
@@ -353,6 +353,7 @@ class _Run:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self._phase("loading model")
         log.info("job %s: verifying base model %s (%s)", self.job_id, base.name, base.path)
         verify_base_model(base)  # BaseModelTampered -> the job fails with its message
         tokenizer = AutoTokenizer.from_pretrained(base.path)
@@ -381,16 +382,17 @@ class _Run:
         from alignment.train import CheckpointMismatch, TrainingCancelled, train_kto
 
         ckpt = checkpoint_dir(self.settings, self.job_id)
+        train_kto = functools.partial(train_kto, on_phase=self._phase)  # "reference pass n/N" before step 1
         try:
             try:
                 return train_kto(model, tokenizer, rows, config, on_progress=self._on_progress,
-                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True, on_phase=self._phase)
+                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
             except CheckpointMismatch as exc:
                 # E.g. written by a GPU worker in bf16, and this is a CPU worker: start afresh.
                 log.warning("job %s: %s; starting from scratch", self.job_id, exc)
                 shutil.rmtree(ckpt, ignore_errors=True)
                 return train_kto(reload(), tokenizer, rows, config, on_progress=self._on_progress,
-                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True, on_phase=self._phase)
+                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
         except TrainingCancelled:
             return None
 

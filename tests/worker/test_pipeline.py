@@ -17,15 +17,7 @@ from core import jobs
 from core.adapters import version_dir
 from core.base_models import register_base_model
 from core.db import session_scope
-from core.models import (
-    AdapterVersion,
-    AliasHistory,
-    AlignmentJob,
-    BaseModelRecord,
-    JobMetric,
-    Snapshot,
-    utcnow,
-)
+from core.models import AdapterVersion, AliasHistory, AlignmentJob, JobMetric, Snapshot, utcnow
 from tests.tiny import build_tiny_model_dir
 from tests.worker.jobkit import TINY_CONFIG, api_keys, feedback_events, post_feedback
 from worker.pipeline import Liveness, _Run, checkpoint_dir, run_job, split_snapshot
@@ -317,95 +309,3 @@ def test_a_checkpoint_that_cannot_continue_is_dropped_and_the_job_starts_afresh(
     assert run_job(job_id, settings=settings).status == "succeeded"
     job, n_metrics, _ = _state(stack["engine"], job_id)
     assert (job.resumed_from_step, n_metrics) == (None, 12)
-
-
-def test_a_running_job_reports_its_phase_before_the_first_step(stack, monkeypatch):
-    settings, engine = stack["settings"], stack["engine"]
-    seen, set_phase = [], jobs.set_phase
-
-    def recording(session, *, job_id, token, phase, now=None):
-        seen.append(phase)
-        return set_phase(session, job_id=job_id, token=token, phase=phase, now=now)
-
-    monkeypatch.setattr(jobs, "set_phase", recording)
-    job_id = _job(engine)
-    assert run_job(job_id, settings=settings).status == "succeeded"
-    references = [p for p in seen if p.startswith("reference pass ")]
-    assert seen == ["loading model", *references, "evaluating", "publishing"]
-    assert references and references[-1] == "reference pass 28/28"  # the 14 + 14 training rows
-    job = _state(engine, job_id)[0]
-    assert job.phase is None  # finished: the status says it
-    # Class counts named apart, on the job and in the manifest: 24 + 24 in the snapshot, 14 + 14 trained on,
-    # 10 + 10 held out.
-    expected = {"snapshot": {"desirable": 24, "undesirable": 24}, "train": {"desirable": 14, "undesirable": 14},
-                "heldout": {"desirable": 10, "undesirable": 10}}
-    assert jobs.counts_by_set(job) == expected
-    with session_scope(engine) as s:
-        assert s.get(AdapterVersion, job.adapter_version_id).manifest["counts"] == expected
-
-
-def test_the_adapter_readme_generation_example_runs_as_written(stack, capsys):
-    settings, engine = stack["settings"], stack["engine"]
-    job_id = _job(engine)
-    assert run_job(job_id, settings=settings).status == "succeeded"
-    with session_scope(engine) as s:
-        version = s.get(AdapterVersion, s.get(AlignmentJob, job_id).adapter_version_id)
-    folder = version_dir(settings, version)
-    readme = (folder / "README.md").read_text()
-    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert "apply_chat_template" in code and "/v1/chat/completions" in readme
-    exec(code.replace('"path/to/bot-v1"', repr(str(folder))), {})  # noqa: S102 - our own README's example
-    assert capsys.readouterr().out.strip() != ""  # it generated text with the adapter
-
-
-def test_adapters_try_answers_with_and_without_the_adapter(stack, monkeypatch):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from typer.testing import CliRunner
-
-    from alignment.data import render_prompt
-    from alignment.generate import compare
-    from core.cli import app
-    from core.settings import get_settings
-
-    settings, engine = stack["settings"], stack["engine"]
-    job_id = _job(engine)
-    assert run_job(job_id, settings=settings).status == "succeeded"
-    with session_scope(engine) as s:
-        version = s.get(AdapterVersion, s.get(AlignmentJob, job_id).adapter_version_id)
-        base_dir = s.get(BaseModelRecord, version.base_model_id).path
-    answers = compare(base_dir, version_dir(settings, version), "p3", max_new_tokens=8)
-    # "base" is the base model itself: the same greedy answer as the plain model on the same ids.
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    plain = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    ids = tokenizer(render_prompt("p3", tokenizer), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    if tokenizer.bos_token_id is not None and ids[0, 0] != tokenizer.bos_token_id and tokenizer(
-            "a")["input_ids"][:1] == [tokenizer.bos_token_id]:
-        ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
-    out = plain.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    assert answers["base"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-
-    monkeypatch.setenv("PROSPECT_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("PROSPECT_DATABASE_URL", settings.sqlalchemy_url)
-    get_settings.cache_clear()
-    try:
-        shown = CliRunner().invoke(app, ["adapters", "try", "bot", "latest", "p3", "--max-new-tokens", "8"])
-    finally:
-        get_settings.cache_clear()
-    assert shown.exit_code == 0, shown.output
-    assert "tiny (base)" in shown.stdout and "bot v1" in shown.stdout
-
-
-def test_a_job_sets_the_adapters_base_model_name_or_path(stack):
-    import json
-
-    settings, engine = stack["settings"], stack["engine"]
-    job_id = _job(engine, options={"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"})
-    assert run_job(job_id, settings=settings).status == "succeeded"
-    with session_scope(engine) as s:
-        version = s.get(AdapterVersion, s.get(AlignmentJob, job_id).adapter_version_id)
-    folder = version_dir(settings, version)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert "set by the job's `base_model_name_or_path` option" in (folder / "README.md").read_text()
