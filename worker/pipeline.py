@@ -43,6 +43,7 @@ from core.snapshots import create_snapshot, get_snapshot, iter_snapshot_rows
 from worker.gate import HeldoutRow
 from worker.gate import bootstrap as gate_bootstrap
 from worker.gate import decide as gate_decide
+from worker.gate import refusal_message as gate_refusal
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ class _Run:
             gate = figures["gate"]
             figures["gate"] = {**gate, "would_pass": gate["passed"], "passed": None, "skipped": "force_publish"}
         elif not figures["gate"]["passed"]:
-            raise JobFailed("the gate refused to publish: " + "; ".join(figures["gate"]["reasons"]), figures)
+            raise JobFailed(gate_refusal(figures["gate"]["reasons"], snapshot_id=snapshot.id), figures)
         if live.should_stop():
             return self._stopped(live)
 
