@@ -206,6 +206,17 @@ def _manifest(*, adapter_name: str, version: int, files: list[dict], base_model:
     }
 
 
+def gate_verdict(manifest: dict) -> str | None:
+    """"passed", "skipped (would have passed|been refused)" for a force_publish, or None (no gate figures)."""
+    gate = (manifest.get("eval_metrics") or {}).get("gate")
+    if not isinstance(gate, dict):
+        return None
+    if gate.get("skipped"):
+        would = gate.get("would_pass")
+        return "skipped" + ("" if would is None else " (would have passed)" if would else " (would have been refused)")
+    return "passed" if gate.get("passed") else None
+
+
 def _rename_into_place(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
 

@@ -152,7 +152,7 @@ def adapters_versions(
     print_rows(_get(f"/v1/adapters/{name}/versions"), {
         "version": lambda v: f"v{v['version']}", "aliases": lambda v: ", ".join(v["aliases"]),
         "base model": lambda v: v["base_model"], "job": lambda v: v["job_id"],
-        "snapshot": lambda v: v["snapshot_id"], "created": lambda v: v["created_at"],
+        "snapshot": lambda v: v["snapshot_id"], "gate": lambda v: v.get("gate"), "created": lambda v: v["created_at"],
     }, as_json=as_json)
 
 
