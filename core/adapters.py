@@ -211,6 +211,8 @@ def gate_verdict(manifest: dict) -> str | None:
     gate = (manifest.get("eval_metrics") or {}).get("gate")
     if not isinstance(gate, dict):
         return None
+    if gate.get("override"):
+        return "published over a refused gate"
     if gate.get("skipped"):
         would = gate.get("would_pass")
         return "skipped" + ("" if would is None else " (would have passed)" if would else " (would have been refused)")

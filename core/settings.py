@@ -77,6 +77,10 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Snapshot files no version was trained on are deleted after this; 0 keeps all."
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="How often beat applies snapshot retention.")
+    refused_adapter_keep_hours: float = Field(
+        72.0, ge=0, description="A job the gate refused keeps its adapter this long for POST /v1/jobs/{id}/publish; "
+        "0 keeps none."
+    )
     checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
     base_model_dirs: list[Path] = Field(
         default_factory=list,

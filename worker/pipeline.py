@@ -38,6 +38,7 @@ from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError
 from core.heldout import PromptCounts, assign_heldout, prompt_key
 from core.models import AlignmentJob, BaseModelRecord, Snapshot, utcnow
+from core.refused import keep_refused
 from core.settings import Settings
 from core.snapshots import create_snapshot, get_snapshot, iter_snapshot_rows
 from worker.gate import HeldoutRow
@@ -321,6 +322,7 @@ class _Run:
             gate = figures["gate"]
             figures["gate"] = {**gate, "would_pass": gate["passed"], "passed": None, "skipped": "force_publish"}
         elif not figures["gate"]["passed"]:
+            self._keep_refused(result)  # for POST /v1/jobs/{id}/publish (core.refused)
             raise JobFailed(gate_refusal(figures["gate"]["reasons"], snapshot_id=snapshot.id), figures)
         if live.should_stop():
             return self._stopped(live)
@@ -360,6 +362,13 @@ class _Run:
         tokenizer = AutoTokenizer.from_pretrained(base.path)
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, use_safetensors=True)
         return model, tokenizer
+
+    def _keep_refused(self, result) -> None:
+        keep_refused(self.settings, job_id=self.job_id, save=result.model.save_pretrained,
+                     hyperparameters={**result.config.to_dict(), "lora_target_modules": result.target_modules},
+                     class_counts={"desirable": result.weights.n_desirable,
+                                   "undesirable": result.weights.n_undesirable},
+                     class_weights=result.weights.to_dict())
 
     def _phase(self, phase: str) -> None:
         with self._session() as s:

@@ -106,3 +106,9 @@ class JobMetricOut(BaseModel):
 class JobMetricsOut(BaseModel):
     job_id: str
     steps: list[JobMetricOut]
+
+
+class PublishRefusedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000, description="Why it goes out although the gate refused it.")

@@ -104,8 +104,8 @@ def test_thresholds_apply_to_the_lower_end():
 def test_a_refusal_says_why_and_what_the_options_are():
     from worker.gate import refusal_message
 
-    message = refusal_message(["held-out reward margin: 95% interval lower end -0.0123 (estimate 0.0100) is not "
-                               "above gate_min_reward_margin 0"], snapshot_id="snap1")
+    reason = "held-out reward margin: 95% interval lower end -0.0123 (estimate 0.0100) is not above it"
+    message = refusal_message([reason], snapshot_id="snap1")
     assert message.startswith("the gate refused to publish: held-out reward margin")
     assert "collect more feedback" in message and "gate_min_loss_improvement" in message
     assert "--force-publish" in message and "--snapshot snap1" in message

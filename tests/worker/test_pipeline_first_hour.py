@@ -101,3 +101,44 @@ def test_a_job_sets_the_adapters_base_model_name_or_path(stack):  # noqa: F811 -
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "set by the job's `base_model_name_or_path` option" in (folder / "README.md").read_text()
+
+
+def test_a_refused_adapter_is_published_after_the_fact_with_a_reason(stack):  # noqa: F811 - pytest injects the fixture
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from core.refused import refused_dir
+    from tests.worker.jobkit import api_keys
+
+    settings, engine = stack["settings"], stack["engine"]
+    refused = _job(engine, options={"gate_min_reward_margin": 1e6})
+    assert run_job(refused, settings=settings).status == "failed"
+    job = _state(engine, refused)[0]
+    assert "options: collect more feedback" in job.error and f"--snapshot {job.snapshot_id}" in job.error
+    assert (refused_dir(settings, refused) / "adapter" / "adapter_model.safetensors").is_file()
+
+    client, keys = TestClient(create_app(settings)), api_keys(engine)
+    url = f"/v1/jobs/{refused}/publish"
+    assert client.post(url, json={}, headers=keys["train"]).status_code == 422  # the reason is required
+    assert client.post(url, json={"reason": "x"}, headers=keys["ingest"]).status_code == 403
+    done = client.post(url, json={"reason": "reviewed 20 answers by hand"}, headers=keys["train"])
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["adapter_version"]["version"] == 1 and body["status"] == "failed"  # the job's own outcome stays
+    override = body["eval_metrics"]["gate"]["override"]
+    assert override["reason"] == "reviewed 20 answers by hand" and override["by_key_id"] is not None
+    with session_scope(engine) as s:
+        version = s.get(AdapterVersion, s.get(AlignmentJob, refused).adapter_version_id)
+    assert version.manifest["eval_metrics"]["gate"]["override"] == override
+    assert version.manifest["eval_metrics"]["gate"]["skipped"] == "published over a refused gate"
+    assert (version_dir(settings, version) / "adapter_model.safetensors").is_file()
+    listed = client.get("/v1/adapters/bot/versions", headers=keys["train"]).json()
+    assert listed[0]["gate"] == "published over a refused gate"
+    assert not refused_dir(settings, refused).exists()
+    again = client.post(url, json={"reason": "again"}, headers=keys["train"])
+    assert again.status_code == 409 and "already published bot v1" in again.json()["detail"]
+
+    passed = _job(engine)
+    assert run_job(passed, settings=settings).status == "succeeded"
+    other = client.post(f"/v1/jobs/{passed}/publish", json={"reason": "x"}, headers=keys["train"])
+    assert other.status_code == 409
