@@ -27,7 +27,7 @@ RETRY_FOR_S, RETRY_EVERY_S = 180.0, 5.0
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line: copyable
     raise typer.Exit(code)
 
 
@@ -139,6 +139,16 @@ def list_(
         "version": lambda j: f"v{j['adapter_version']['version']}" if j.get("adapter_version") else "",
         "created": lambda j: j["created_at"][:19],
     }, as_json=as_json)
+
+
+@jobs_app.command("publish")
+def publish(job_id: Annotated[str, typer.Argument(help="A job the held-out gate refused.")],
+            reason: Annotated[str, typer.Option(help="Why it should go out anyway (recorded in the manifest).")]) -> None:
+    """Publish the kept adapter of a job the gate refused; prints the version."""
+    job = _call(_client().post, f"/v1/jobs/{job_id}/publish", json={"reason": reason})
+    ref = job["adapter_version"]
+    console.print(f"published {ref['adapter']} v{ref['version']} over the refused gate")
+    print(ref["version"])
 
 
 @jobs_app.command("cancel")

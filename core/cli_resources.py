@@ -32,7 +32,7 @@ adapters_app = typer.Typer(help="List, download and promote adapter versions (RE
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line: copyable
     raise typer.Exit(2)
 
 

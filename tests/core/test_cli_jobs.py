@@ -115,3 +115,10 @@ def test_start_waits_while_the_bundled_model_is_prepared(cli, engine, monkeypatc
     started = cli("jobs", "start", "bot", "--base-model", name)
     assert started.exit_code == 0, started.output
     assert "waiting: the bundled base model" in started.output and len(started.stdout.strip()) == 32
+
+
+def test_publish_a_refused_job_names_why_it_cannot(cli):
+    job_id = cli("jobs", "start", "bot", "--base-model", "tiny").stdout.strip().splitlines()[-1]
+    refused = cli("jobs", "publish", job_id, "--reason", "looked fine")
+    assert refused.exit_code == 2 and "was not refused by the gate (status queued)" in refused.output
+    assert cli("jobs", "publish", job_id).exit_code == 2  # --reason is required
