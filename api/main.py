@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
+from api.allow import install_allow
 from api.auth import Authenticator
 from api.docs import install_docs
 from api.errors import install_error_handlers
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(settings, app.state.read_session_factory, app.state.session_factory)
     app.state.rate_limiter = build_rate_limiter(settings)
     install_error_handlers(app)
+    install_allow(app)
     # Nothing reads a body before the guard bounds and authenticates it (the metrics layer added
     # below wraps it, timing every request, and reads no body).
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes,

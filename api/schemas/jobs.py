@@ -7,14 +7,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas import NAME_PATTERN
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    adapter: str = Field(description="Adapter name; each published version is <adapter> vN.", max_length=100)
-    base_model: str = Field(description="A registered base model name (GET /v1/base-models).", max_length=200)
+    adapter: str = Field(description="Adapter name; each published version is <adapter> vN.", max_length=100,
+                         pattern=NAME_PATTERN)
+    base_model: str = Field(description="A registered base model name (GET /v1/base-models).", max_length=100,
+                            pattern=NAME_PATTERN)
     snapshot_id: str | None = Field(None, description="Train on this snapshot; default: take a new one.")
     config: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the alignment config (KTOConfig fields), e.g. {\"beta\": 0.2}."
