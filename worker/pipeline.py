@@ -309,6 +309,7 @@ class _Run:
         with self._session() as s:
             jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
+        self._phase("loading model")
         model, tokenizer = self._load_base(base)
         result = self._train(live, model, tokenizer, split.train, config, reload=lambda: self._load_base(base)[0])
         if result is None:
@@ -356,7 +357,6 @@ class _Run:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self._phase("loading model")
         log.info("job %s: verifying base model %s (%s)", self.job_id, base.name, base.path)
         verify_base_model(base)  # BaseModelTampered -> the job fails with its message
         tokenizer = AutoTokenizer.from_pretrained(base.path)

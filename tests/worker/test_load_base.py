@@ -23,7 +23,7 @@ def test_load_base_verifies_then_loads_safetensors_only(settings, engine, tmp_pa
         return "model"
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    run = _Run(job_id="j", settings=settings, engine=engine, worker="w", attempt=1)
+    run = _Run(job_id="j", settings=settings, engine=engine, token="t", attempt=1)
     model, tokenizer = run._load_base(base)
     assert model == "model" and tokenizer.chat_template
     assert calls[0]["use_safetensors"] is True  # a pickle beside the weights is never unpickled
