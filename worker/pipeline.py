@@ -309,14 +309,14 @@ class _Run:
         with self._session() as s:
             jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
-        self._phase("loading model")
+        self._report_phase("loading model")
         model, tokenizer = self._load_base(base)
         result = self._train(live, model, tokenizer, split.train, config, reload=lambda: self._load_base(base)[0])
         if result is None:
             return self._stopped(live)
         self.model = result.model
 
-        self._phase("evaluating")
+        self._report_phase("evaluating")
         figures = self._evaluate(result, tokenizer, split, config, options)
         figures["split"] = {"train": train_counts, "heldout": heldout_counts}
         if job.force_publish:
@@ -328,7 +328,7 @@ class _Run:
         if live.should_stop():
             return self._stopped(live)
 
-        self._phase("publishing")
+        self._report_phase("publishing")
         live.stop_heartbeat()  # publishing takes seconds; the fence, not the heartbeat, decides
         try:
             version = self._publish(job, base, snapshot, result, figures)
@@ -370,7 +370,7 @@ class _Run:
                                    "undesirable": result.weights.n_undesirable},
                      class_weights=result.weights.to_dict())
 
-    def _phase(self, phase: str) -> None:
+    def _report_phase(self, phase: str) -> None:
         with self._session() as s:
             jobs.set_phase(s, job_id=self.job_id, token=self.token, phase=phase)
 
@@ -392,7 +392,7 @@ class _Run:
         from alignment.train import CheckpointMismatch, TrainingCancelled, train_kto
 
         ckpt = checkpoint_dir(self.settings, self.job_id)
-        train_kto = functools.partial(train_kto, on_phase=self._phase)  # "reference pass n/N" before step 1
+        train_kto = functools.partial(train_kto, on_phase=self._report_phase)  # "reference pass n/N" before step 1
         try:
             try:
                 return train_kto(model, tokenizer, rows, config, on_progress=self._on_progress,
