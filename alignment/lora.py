@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -104,6 +105,15 @@ def default_target_modules(model) -> tuple[str, ...]:
     )
 
 
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """PEFT reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: a FutureWarning
+    in every job's log that we can do nothing about. Silenced here, only that warning, only around PEFT."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def attach_lora(model, config: KTOConfig):
     """A PeftModel with a fresh trainable LoRA adapter on ``model``.
 
@@ -120,6 +130,7 @@ def attach_lora(model, config: KTOConfig):
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=list(targets), bias="none", task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
+        with quiet_peft():
+            model = get_peft_model(model, lora)
     use_seeded_dropout(model)
     return model

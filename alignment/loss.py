@@ -16,6 +16,9 @@ class KTOLossOutput:
     loss: torch.Tensor  # scalar, mean of `losses`; carries the gradient
     losses: torch.Tensor  # (B,) weighted per-example losses
     kl: torch.Tensor  # scalar z0 >= 0, detached
+    # The unclamped estimate mean(kl_policy - kl_reference), detached: near the reference it is often
+    # slightly negative, which z0 (clamped at 0) hides; progress shows this one.
+    kl_estimate: torch.Tensor
     rewards: torch.Tensor  # (B,) beta * (policy - reference), detached
 
 
@@ -63,13 +66,14 @@ def kto_loss(
         raise ValueError(f"labels must be a bool tensor (True = desirable), got {labels.dtype}")
 
     if kl_policy_logps is None:
-        z0 = torch.zeros((), dtype=policy_logps.dtype, device=policy_logps.device)
+        z0 = estimate = torch.zeros((), dtype=policy_logps.dtype, device=policy_logps.device)
     else:
         for name, t in (("kl_policy_logps", kl_policy_logps), ("kl_reference_logps", kl_reference_logps)):
             if t.ndim != 1 or t.numel() == 0:
                 raise ValueError(f"{name} must have shape (M,) with M >= 1, got {tuple(t.shape)}")
         # Detached: z0 is a baseline, not something the policy may move.
-        z0 = (kl_policy_logps.detach() - kl_reference_logps.detach()).mean().clamp(min=0)
+        estimate = (kl_policy_logps.detach() - kl_reference_logps.detach()).mean()
+        z0 = estimate.clamp(min=0)
 
     ratio = policy_logps - reference_logps
     desirable = desirable_weight * (1 - torch.sigmoid(beta * (ratio - z0)))
@@ -79,5 +83,6 @@ def kto_loss(
         loss=losses.mean(),
         losses=losses,
         kl=z0,
+        kl_estimate=estimate,
         rewards=(beta * ratio).detach(),
     )

@@ -212,7 +212,10 @@ class ReferenceCache:
         self.kl = torch.full((n,), float("nan"))
 
     def fill(self, model, collator: Collator, batches: Sequence[Sequence[int]],
-             should_stop: Callable[[], bool] | None) -> None:
+             should_stop: Callable[[], bool] | None,
+             on_rows: Callable[[int, int], None] | None = None) -> None:
+        """``on_rows(done, total)`` after each microbatch (rows whose reference log-probs are known)."""
+        done, total = 0, sum(len(b) for b in batches)
         for indices in batches:
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(0)
@@ -222,6 +225,9 @@ class ReferenceCache:
             self.matched[idx] = matched.float().cpu()
             if kl is not None:
                 self.kl[idx] = kl.float().cpu()
+            done += len(indices)
+            if on_rows is not None:
+                on_rows(done, total)
 
     def get(self, batch: Batch, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.tensor(batch.indices)
@@ -258,12 +264,13 @@ def _class_means(values: torch.Tensor, labels: torch.Tensor) -> tuple[float | No
     return mean(labels), mean(~labels)
 
 
-def summarize(losses, rewards, logps, labels, kls) -> dict:
-    """Per-class means of one step's (or one evaluation's) examples."""
+def summarize(losses, rewards, logps, labels, kls, kl_estimates=None) -> dict:
+    """Per-class means of one step's (or one evaluation's) examples. ``kl`` is z0 as the loss used it
+    (clamped at 0); ``kl_estimate``, when given, the unclamped estimate."""
     rewards, logps, labels = torch.cat(rewards), torch.cat(logps), torch.cat(labels)
     reward_d, reward_u = _class_means(rewards, labels)
     logps_d, logps_u = _class_means(logps, labels)
-    return {
+    summary = {
         "loss": float(torch.stack(losses).mean()),
         "kl": float(torch.stack(kls).mean()),
         "reward_desirable": reward_d,
@@ -272,6 +279,9 @@ def summarize(losses, rewards, logps, labels, kls) -> dict:
         "logps_desirable": logps_d,
         "logps_undesirable": logps_u,
     }
+    if kl_estimates is not None:
+        summary["kl_estimate"] = float(torch.stack(kl_estimates).mean())
+    return summary
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -365,6 +375,7 @@ def train_kto(
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    on_phase: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``rows`` with the KTO loss.
 
@@ -374,7 +385,8 @@ def train_kto(
     pi_ref is the same network with the adapter disabled.
 
     ``on_progress(step, total_steps, metrics)`` is called after every
-    optimiser step. ``should_stop()`` is polled before every step (and while
+    optimiser step; ``on_phase("reference pass 120/240")`` while the reference
+    log-probs are precomputed (rows done/total). ``should_stop()`` is polled before every step (and while
     the reference is precomputed); when it returns True, :class:`TrainingCancelled`
     is raised: no result exists and nothing may be published.
 
@@ -417,7 +429,8 @@ def train_kto(
     reference_s = 0.0
     if reference is not None and bool(reference.matched.isnan().any()):  # not restored from a checkpoint
         started = time.perf_counter()
-        reference.fill(model, collate_fn, plan.batches, should_stop)
+        on_rows = (lambda done, total: on_phase(f"reference pass {done}/{total}")) if on_phase else None
+        reference.fill(model, collate_fn, plan.batches, should_stop, on_rows)
         reference_s = time.perf_counter() - started
         log.info("reference log-probs of %d examples in %.1f s", len(examples), reference_s)
 
@@ -427,7 +440,7 @@ def train_kto(
             raise TrainingCancelled(step)
         step_started = time.perf_counter()
         micro = plan.step_microbatches(step)
-        losses, rewards, logps, labels, kls, tokens = [], [], [], [], [], 0
+        losses, rewards, logps, labels, kls, kl_estimates, tokens = [], [], [], [], [], [], 0
         for k in micro:
             batch = collate_fn(plan.microbatch(k), microbatch=k)
             if reference is not None:
@@ -443,6 +456,7 @@ def train_kto(
             logps.append(policy.detach())
             labels.append(batch.labels)
             kls.append(out.kl)
+            kl_estimates.append(out.kl_estimate)
             tokens += batch.num_tokens
 
         clip = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
@@ -456,7 +470,7 @@ def train_kto(
         metrics = {
             "step": step + 1,
             "epoch": (micro.stop) / len(plan.batches),
-            **summarize(losses, rewards, logps, labels, kls),
+            **summarize(losses, rewards, logps, labels, kls, kl_estimates),
             "grad_norm": float(grad_norm),
             "learning_rate": lr,
             "tokens": tokens,

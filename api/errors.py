@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from core.base_models import NAME_RE, NAME_RULE
 from core.errors import (
     Conflict,
     DomainError,
@@ -128,8 +129,17 @@ async def number_out_of_range(_: Request | None, exc: OverflowError) -> JSONResp
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # its loc is ("body", <character offset>), not a field
+            at = err.get("loc", ("body", 0))[-1]
+            errors.append({"field": "body", "type": "json_invalid",
+                           "message": f"not valid JSON (at character {at}); send a JSON object"})
+            continue
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        errors.append({"field": loc, "message": err.get("msg", "invalid"), "type": err.get("type")})
+        message = err.get("msg", "invalid")
+        if err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == NAME_RE.pattern:
+            what = {"adapter": "adapter ", "base_model": "base model "}.get(str(err["loc"][-1]), "")
+            message = f"invalid {what}name {err.get('input')!r}: use {NAME_RULE}"
+        errors.append({"field": loc, "message": message, "type": err.get("type")})
     summary = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors[:5])
     return JSONResponse(error_body(f"invalid request: {summary}", errors), status_code=422)
 

@@ -1,4 +1,5 @@
-"""The ASGI layer every request passes first: NUL check, body limit, authentication, security headers.
+"""The ASGI layer every request passes first: NUL check, body limit, authentication, security headers,
+and JSON bodies read as JSON whatever their Content-Type.
 
 Order matters: a request is refused before its body is read when its path or
 query holds a NUL (422), its Content-Length exceeds ``max_body_bytes`` (413) or,
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 PROTECTED_PREFIX = "/v1/"
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff")]
 NO_STORE = (b"cache-control", b"no-store")
+BODY_METHODS = ("POST", "PUT", "PATCH")
+RAW_BODY_PATHS = ("/v1/feedback/import",)
 
 
 class BodyTooLarge(Exception):
@@ -46,6 +49,19 @@ def _header(scope, name: bytes) -> str | None:
         if k == name:
             return v.decode("latin-1")
     return None
+
+
+def _json_whatever_the_type(scope) -> dict:
+    """JSON routes read their body as JSON whatever Content-Type says (curl -d sends a form type), as
+    /v1/feedback always did; the import route, which also takes JSONL and archives, reads raw bytes."""
+    if (scope.get("method") not in BODY_METHODS or not scope.get("path", "").startswith(PROTECTED_PREFIX)
+            or scope["path"].rstrip("/") in RAW_BODY_PATHS):
+        return scope
+    declared = (_header(scope, b"content-type") or "").split(";", 1)[0].strip().lower()
+    if declared == "application/json" or declared.endswith("+json"):
+        return scope
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
 def _has_nul(scope) -> bool:
@@ -76,6 +92,7 @@ class GuardMiddleware:
                 await send_json(send, 413, error_body(f"body: {declared} bytes exceeds the limit of {limit} bytes"))
                 return
         protected = scope.get("path", "").startswith(PROTECTED_PREFIX)
+        scope = _json_whatever_the_type(scope)
         received = 0
         exceeded = False
         started = False

@@ -6,7 +6,9 @@ import logging
 
 from fastapi import FastAPI
 
+from api.allow import install_allow
 from api.auth import Authenticator
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.guard import GuardMiddleware
 from api.metrics import MetricsMiddleware
@@ -40,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Prospect",
         version="0.1.0",
         description="Thumbs-up/down feedback in, KTO-aligned LoRA adapters out.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = get_engine(settings)
@@ -49,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(settings, app.state.read_session_factory, app.state.session_factory)
     app.state.rate_limiter = build_rate_limiter(settings)
     install_error_handlers(app)
+    install_allow(app)
     # Nothing reads a body before the guard bounds and authenticates it (the metrics layer added
     # below wraps it, timing every request, and reads no body).
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes,
@@ -65,5 +70,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(metrics_router)
     install_ui(app)
+    install_docs(app)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -119,7 +119,16 @@ def _stage(staged: Path, tmp: Path, *, base_model_name: str) -> list[dict]:
     return [_file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()]
 
 
-def _readme(*, adapter_name: str, version: int, base_model: BaseModelRecord) -> str:
+def _readme(*, adapter_name: str, version: int, base_model: BaseModelRecord, config_base: str | None = None) -> str:
+    folder = f"path/to/{adapter_name}-v{version}"
+    if config_base:
+        config_note = (f"`adapter_config.json` names the base model `{config_base}` (set by the job's "
+                       "`base_model_name_or_path` option), where `AutoPeftModelForCausalLM` and vLLM load it from.")
+    else:
+        config_note = (f"`adapter_config.json` names the base model `{base_model.name}`, its name in\n"
+                       "Prospect, which is neither a folder nor a hub id: `AutoPeftModelForCausalLM.from_pretrained"
+                       "(ADAPTER)`\nwould look for it on the Hugging Face hub. Load the base from its folder first, "
+                       "as above\n(or start the job with the option `base_model_name_or_path`).")
     return f"""# {adapter_name} v{version}
 
 A LoRA adapter trained with KTO by Prospect on thumbs-up/down feedback.
@@ -127,23 +136,43 @@ Base model: `{base_model.name}` (weights sha256 `{base_model.sha256}`, from `{ba
 `manifest.json` lists every file with its sha256, the snapshot, the job, the
 hyper-parameters, the class weights and the held-out metrics.
 
-## PEFT
+Training rendered every prompt with the base model's chat template (as a user
+message, then the assistant's turn): generate the same way. A raw prompt
+without the template gets answers the adapter was never trained on.
+
+## PEFT and transformers
 
 ```python
+import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-base = AutoModelForCausalLM.from_pretrained("{base_model.source}")
-tokenizer = AutoTokenizer.from_pretrained("{base_model.source}")
-model = PeftModel.from_pretrained(base, "path/to/{adapter_name}-v{version}")
+BASE = "{base_model.path}"  # the base model's folder on the Prospect server (or your copy of it)
+ADAPTER = "{folder}"
+
+tokenizer = AutoTokenizer.from_pretrained(BASE)
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), ADAPTER).eval()
+
+messages = [{{"role": "user", "content": "How do I reset my password?"}}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                       return_dict=True)
+with torch.no_grad():
+    out = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
+
+{config_note}
 
 ## vLLM
 
 ```bash
-vllm serve {base_model.source} --enable-lora \\
-    --lora-modules {adapter_name}=path/to/{adapter_name}-v{version}
+vllm serve BASE_FOLDER --enable-lora --lora-modules {adapter_name}={folder}
+curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{adapter_name}", "messages": [{{"role": "user", "content": "How do I reset my password?"}}]}}'
 ```
+
+The chat endpoint applies the chat template, as training did; `/v1/completions`
+with a raw prompt does not.
 """
 
 
@@ -165,10 +194,29 @@ def _manifest(*, adapter_name: str, version: int, files: list[dict], base_model:
         },
         "job_id": job_id,
         "hyperparameters": hyperparameters,
-        "class_counts": class_counts,
+        "class_counts": class_counts,  # of the training rows (what the class weights were computed from)
+        "counts": {  # the same, named apart from the snapshot's and the held-out split's
+            "snapshot": None if snapshot is None else {"desirable": snapshot.n_desirable,
+                                                       "undesirable": snapshot.n_undesirable},
+            "train": class_counts or None,
+            "heldout": ((eval_metrics or {}).get("split") or {}).get("heldout"),
+        },
         "class_weights": class_weights,
         "eval_metrics": eval_metrics,
     }
+
+
+def gate_verdict(manifest: dict) -> str | None:
+    """"passed", "skipped (would have passed|been refused)" for a force_publish, or None (no gate figures)."""
+    gate = (manifest.get("eval_metrics") or {}).get("gate")
+    if not isinstance(gate, dict):
+        return None
+    if gate.get("override"):
+        return "published over a refused gate"
+    if gate.get("skipped"):
+        would = gate.get("would_pass")
+        return "skipped" + ("" if would is None else " (would have passed)" if would else " (would have been refused)")
+    return "passed" if gate.get("passed") else None
 
 
 def _rename_into_place(tmp: Path, final: Path) -> None:
@@ -189,6 +237,7 @@ def publish_adapter_version(
     class_weights: dict,
     eval_metrics: dict,
     before_commit: Callable[[Session, AdapterVersion], None] | None = None,
+    base_model_name_or_path: str | None = None,
 ) -> AdapterVersion:
     """Publish ``staged_dir`` as the next version of ``adapter_name`` and point ``latest`` at it.
 
@@ -204,7 +253,7 @@ def publish_adapter_version(
     tmp = parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        files = _stage(Path(staged_dir), tmp, base_model_name=base_model.name)
+        files = _stage(Path(staged_dir), tmp, base_model_name=base_model_name_or_path or base_model.name)
         with session_factory() as session:
             _lock_adapter(session, adapter_name)
             version = (session.scalar(select(func.max(AdapterVersion.version))
@@ -215,7 +264,8 @@ def publish_adapter_version(
                 log.warning("removing %s: left by a publish that crashed before its commit", final)
                 shutil.rmtree(final)
             created_at = utcnow()
-            readme = _readme(adapter_name=adapter_name, version=version, base_model=base_model)
+            readme = _readme(adapter_name=adapter_name, version=version, base_model=base_model,
+                             config_base=base_model_name_or_path)
             _write_bytes(tmp / "README.md", readme.encode())
             manifest = _manifest(
                 adapter_name=adapter_name, version=version, files=[*files, _file_entry(tmp / "README.md")],

@@ -266,11 +266,31 @@ def get_base_model_or_none(session: Session, *, name: str) -> BaseModelRecord | 
     return session.scalar(select(BaseModelRecord).where(BaseModelRecord.name == name))
 
 
-def get_base_model(session: Session, *, name: str) -> BaseModelRecord:
+BUNDLED_RETRY_AFTER_S = 10.0
+
+
+def get_base_model(session: Session, *, name: str, preparing: str | None = None) -> BaseModelRecord:
+    """The registered model ``name``. ``preparing``: the bundled model's name while the worker may still be
+    converting it (the first half-minute after a first start): asking for it then is a 503 to retry, not
+    a 404."""
     record = get_base_model_or_none(session, name=name)
+    if record is None and name == preparing:
+        raise Unavailable(
+            f"the bundled base model {name!r} is not registered yet: the worker converts it once, in about half "
+            "a minute after the first start; try again in a few seconds (GET /readyz shows it under "
+            "base_models; if it stays 'preparing', see the worker's log in the data folder)",
+            retry_after=BUNDLED_RETRY_AFTER_S)
     if record is None:
         raise NotFound(f"no base model named {name!r}; see GET /v1/base-models or `prospect models list`")
     return record
+
+
+def bundled_model_state(session: Session, settings: Settings) -> dict[str, str]:
+    """{name: "ready" | "preparing"} of the bundled model, or {} when it is not registered on start."""
+    if not settings.register_bundled_model:
+        return {}
+    name = settings.bundled_model_name
+    return {name: "ready" if get_base_model_or_none(session, name=name) is not None else "preparing"}
 
 
 def list_base_models(session: Session) -> list[BaseModelRecord]:

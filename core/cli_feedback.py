@@ -31,7 +31,7 @@ COUNTS = ("created", "duplicate", "conflict", "invalid")
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line: copyable
     raise typer.Exit(2)
 
 

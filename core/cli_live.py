@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from core import cli_resources
+from core.cli_output import JsonOption, table_console
 from core.cli_resources import _fail, _print_json, adapters_app
 from core.client import ApiError
 
@@ -28,6 +28,7 @@ def adapters_feedback(
     name: Annotated[str, typer.Argument(help="Adapter name.")],
     since: Annotated[str | None, typer.Option(help="ISO time, inclusive.")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time, exclusive.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Live thumbs per version (and for the base model) with 95% Wilson intervals."""
     params = {k: v for k, v in {"since": since, "until": until}.items() if v is not None}
@@ -35,6 +36,9 @@ def adapters_feedback(
         body = cli_resources._client().get(f"/v1/adapters/{name}/feedback", params=params)
     except ApiError as exc:
         _fail(exc.message)
+    if as_json:
+        _print_json(body)
+        return
     table = Table("version", "up", "down", "total", "rate", "95% interval", title=f"{name}: live feedback")
     for v in body["versions"]:
         label = f"v{v['version']}" + ("" if v["known"] else " (unknown)")
@@ -43,7 +47,7 @@ def adapters_feedback(
         b = body["base"]
         table.add_row(f"base ({b['model']})", str(b["up"]), str(b["down"]), str(b["total"]), _pct(b["rate"]),
                       _interval(b["interval"]))
-    Console(width=120).print(table)
+    table_console(120).print(table)
 
 
 @rollouts_app.command("start")
@@ -69,6 +73,7 @@ def rollouts_start(
 def rollouts_status(
     name: Annotated[str, typer.Argument(help="Adapter name.")],
     rollout_id: Annotated[str | None, typer.Argument(help="One rollout (as JSON, with its history).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """The adapter's rollouts as a table, newest first; or one rollout as JSON."""
     client = cli_resources._client()
@@ -79,6 +84,9 @@ def rollouts_status(
         rows = client.get(f"/v1/adapters/{name}/rollouts")
     except ApiError as exc:
         _fail(exc.message)
+    if as_json:
+        _print_json(rows)
+        return
     table = Table("id", "status", "candidate", "baseline", "traffic", "candidate up/down", "baseline up/down",
                   "P(better)", "reason", title=f"{name}: rollouts")
     for r in rows:
@@ -86,7 +94,7 @@ def rollouts_status(
         table.add_row(r["id"], r["status"], f"v{r['candidate_version']}", f"v{r['baseline_version']}",
                       _pct(r["traffic"]), f"{c['up']}/{c['down']}", f"{b['up']}/{b['down']}",
                       f"{r['p_candidate_better']:.3f}", r["reason"] or "")
-    Console(width=200).print(table)
+    table_console(200).print(table)
 
 
 @rollouts_app.command("stop")

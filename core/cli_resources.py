@@ -16,11 +16,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from core import base_models
+from core.cli_output import JsonOption, print_rows
+from core.cli_run import database_engine
 from core.client import ApiError, Client
-from core.db import get_engine, session_scope
+from core.db import session_scope
 from core.errors import DomainError
 from core.settings import get_settings
 
@@ -31,7 +32,7 @@ adapters_app = typer.Typer(help="List, download and promote adapter versions (RE
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line: copyable
     raise typer.Exit(2)
 
 
@@ -56,7 +57,7 @@ def models_add(
     settings = get_settings()
     settings.ensure_dirs()
     try:
-        with session_scope(get_engine(settings)) as session:
+        with session_scope(database_engine(settings)) as session:
             rec = base_models.register_base_model(session, settings=settings, name=name, source=source,
                                                   revision=revision)
             sha, path = rec.sha256, rec.path
@@ -67,15 +68,15 @@ def models_add(
 
 
 @models_app.command("list")
-def models_list() -> None:
+def models_list(as_json: JsonOption = False) -> None:
     """List registered base models."""
-    with session_scope(get_engine()) as session:
-        rows = base_models.list_base_models(session)
-    table = Table("name", "architecture", "sha256", "path", "created")
-    for r in rows:
-        table.add_row(r.name, r.architecture or "", r.sha256[:16] + "…", r.path,
-                      r.created_at.isoformat(timespec="seconds"))
-    Console().print(table)
+    with session_scope(database_engine()) as session:
+        rows = [{"name": r.name, "architecture": r.architecture, "sha256": r.sha256, "path": r.path,
+                 "source": r.source, "created_at": r.created_at.isoformat(timespec="seconds")}
+                for r in base_models.list_base_models(session)]
+    print_rows(rows, {"name": lambda r: r["name"], "architecture": lambda r: r["architecture"],
+                      "sha256": lambda r: r["sha256"][:16] + "…", "path": lambda r: r["path"],
+                      "created": lambda r: r["created_at"]}, as_json=as_json)
 
 
 def _tags(pairs: list[str]) -> dict[str, str]:
@@ -127,23 +128,52 @@ def snapshots_export(
 @adapters_app.command("list")
 def adapters_list(
     name: Annotated[str | None, typer.Argument(help="Show the versions of this adapter.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List adapters, or the versions of one adapter."""
-    client = _client()
+    if name is not None:
+        adapters_versions(name, as_json=as_json)
+        return
+    rows = _get("/v1/adapters")
+    print_rows(rows, {
+        "adapter": lambda a: a["name"], "versions": lambda a: a["n_versions"],
+        "latest": lambda a: f"v{a['latest_version']}",
+        "aliases": lambda a: ", ".join(f"{k}=v{v}" for k, v in sorted(a["aliases"].items())),
+        "updated": lambda a: a["updated_at"],
+    }, as_json=as_json)
+
+
+@adapters_app.command("versions")
+def adapters_versions(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    as_json: JsonOption = False,
+) -> None:
+    """The immutable versions of one adapter, with their aliases."""
+    print_rows(_get(f"/v1/adapters/{name}/versions"), {
+        "version": lambda v: f"v{v['version']}", "aliases": lambda v: ", ".join(v["aliases"]),
+        "base model": lambda v: v["base_model"], "job": lambda v: v["job_id"],
+        "snapshot": lambda v: v["snapshot_id"], "gate": lambda v: v.get("gate"), "created": lambda v: v["created_at"],
+    }, as_json=as_json)
+
+
+@adapters_app.command("history")
+def adapters_history(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. champion or latest.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Every move of an alias, oldest first (rolling back is `prospect adapters promote` to an older one)."""
+    print_rows(_get(f"/v1/adapters/{name}/aliases/{alias}/history"), {
+        "from": lambda h: f"v{h['from_version']}" if h["from_version"] else "",
+        "to": lambda h: f"v{h['to_version']}", "moved by": lambda h: h["moved_by"], "moved at": lambda h: h["moved_at"],
+    }, as_json=as_json)
+
+
+def _get(path: str):
     try:
-        if name is None:
-            table = Table("adapter", "versions", "latest", "aliases", "updated")
-            for a in client.get("/v1/adapters"):
-                aliases = ", ".join(f"{k}=v{v}" for k, v in sorted(a["aliases"].items()))
-                table.add_row(a["name"], str(a["n_versions"]), f"v{a['latest_version']}", aliases, a["updated_at"])
-        else:
-            table = Table("version", "aliases", "base model", "job", "snapshot", "created")
-            for v in client.get(f"/v1/adapters/{name}/versions"):
-                table.add_row(f"v{v['version']}", ", ".join(v["aliases"]), v["base_model"], v["job_id"] or "",
-                              v["snapshot_id"] or "", v["created_at"])
+        return _client().get(path)
     except ApiError as exc:
         _fail(exc.message)
-    Console().print(table)
 
 
 class _HashingWriter:

@@ -1,4 +1,4 @@
-"""A small REST client for the CLI: the API's base URL and key come from Settings."""
+"""A small REST client for the CLI: the key comes from Settings, the URL from core.instance."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from core.instance import client_base_url
 from core.settings import Settings, get_settings
 
 
@@ -16,13 +17,19 @@ class ApiError(Exception):
         self.message = message
 
 
+def _unreachable(url, exc: Exception) -> str:
+    return (f"cannot reach the API at {url} ({exc}): is `prospect up` running? Run the CLI with the same "
+            "PROSPECT_DATA_DIR, or set PROSPECT_API_URL to the URL it printed")
+
+
 class Client:
     def __init__(self, settings: Settings | None = None, *, timeout_s: float = 30.0) -> None:
         settings = settings or get_settings()
         if not settings.api_key:
-            raise ApiError(0, "set PROSPECT_API_KEY to an API key (see `prospect keys create`)")
+            raise ApiError(0, "set PROSPECT_API_KEY to an API key: the one `prospect up` printed on first start, "
+                              "or a new one from `prospect keys create --name me --scopes admin`")
         self._http = httpx.Client(
-            base_url=settings.client_base_url,
+            base_url=client_base_url(settings),
             headers={"Authorization": f"Bearer {settings.api_key}"},
             timeout=timeout_s,
         )
@@ -31,7 +38,7 @@ class Client:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ApiError(0, f"cannot reach the API at {self._http.base_url}: {exc}") from exc
+            raise ApiError(0, _unreachable(self._http.base_url, exc)) from exc
         if resp.status_code >= 400:
             try:
                 message = resp.json().get("detail", resp.text)
@@ -60,4 +67,4 @@ class Client:
                     dest.write(chunk)
                 return resp
         except httpx.HTTPError as exc:
-            raise ApiError(0, f"cannot reach the API at {self._http.base_url}: {exc}") from exc
+            raise ApiError(0, _unreachable(self._http.base_url, exc)) from exc

@@ -50,6 +50,8 @@ from core.snapshots import parse_filters, parse_options
 log = logging.getLogger(__name__)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# What a running job does, in order; "reference pass" comes with rows done/total.
+PHASES = ("preparing", "loading model", "reference pass", "training", "evaluating", "publishing")
 ACTIVE = ("queued", "running")
 MAX_LIST_LIMIT = 500
 
@@ -83,6 +85,9 @@ class JobOptions:
     gate_min_reward_margin: float = 0.0  # lower 95% bound of the held-out reward margin must exceed this
     # Fewer held-out rows of a class than this: the job fails before training (intervals would be noise).
     gate_min_heldout_per_class: int = 10
+    # What the published adapter_config.json's base_model_name_or_path says (default: the base model's
+    # name in Prospect): a hub id or a folder, for AutoPeftModelForCausalLM and vLLM to load the base from.
+    base_model_name_or_path: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> JobOptions:
@@ -93,6 +98,11 @@ class JobOptions:
             raise InvalidInput(
                 f"unknown job option(s): {', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(known))}"
             )
+        base_ref = values.pop("base_model_name_or_path", None)
+        if base_ref is not None and not (isinstance(base_ref, str) and 0 < len(base_ref) <= 1000
+                                         and base_ref.isprintable()):
+            raise InvalidInput("job option base_model_name_or_path must be a hub id or a folder path "
+                               f"(1 to 1000 printable characters), got {str(base_ref)[:80]!r}")
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise InvalidInput(f"job option {name} must be a finite number, got {value!r}")
@@ -103,7 +113,8 @@ class JobOptions:
         if per_class != int(per_class) or per_class < 2:
             raise InvalidInput(f"job option gate_min_heldout_per_class must be an integer >= 2, got {per_class!r}: "
                                "an interval needs at least two rows of each class")
-        options = cls(**{k: int(v) if k == "gate_min_heldout_per_class" else float(v) for k, v in values.items()})
+        options = cls(**{k: int(v) if k == "gate_min_heldout_per_class" else float(v) for k, v in values.items()},
+                      base_model_name_or_path=base_ref)
         if not 0 < options.heldout_fraction < 1:
             raise InvalidInput(
                 f"heldout_fraction must be in (0, 1), got {options.heldout_fraction}: "
@@ -111,8 +122,8 @@ class JobOptions:
             )
         return options
 
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def worker_identity() -> str:
@@ -136,8 +147,10 @@ def create_job(
     force_publish: bool = False,
     max_attempts: int = 3,
     policy_id: str | None = None,
+    preparing_model: str | None = None,
 ) -> AlignmentJob:
     """A queued job. ``config`` must already be validated (``alignment.config.KTOConfig``).
+    ``preparing_model``: the bundled model's name, which may not be registered yet (a 503 to retry).
 
     ``snapshot_filters`` (``core.snapshots.SnapshotFilters``: model, metadata
     tags, since, until) select the votes of the snapshot the job takes when it
@@ -146,7 +159,7 @@ def create_job(
     check_name(adapter_name, what="adapter")
     if not isinstance(config or {}, dict):
         raise InvalidInput("config must be a JSON object of alignment config overrides")
-    base = get_base_model(session, name=base_model_name)
+    base = get_base_model(session, name=base_model_name, preparing=preparing_model)
     parse_options(snapshot_options)
     filters = parse_filters(snapshot_filters).model_dump(mode="json", exclude_defaults=True)
     if snapshot_id is not None and filters:
@@ -322,6 +335,7 @@ def claim_job(
     job.claim_token = uuid.uuid4().hex
     job.heartbeat_at = now
     job.started_at = job.started_at or now
+    job.phase = "preparing"
     attempt, token = job.attempts, job.claim_token
     try:
         session.flush()
@@ -412,8 +426,28 @@ def record_progress(
     clean = {k: _json_number(v) for k, v in metrics.items()}
     session.merge(JobMetric(job_id=job_id, step=step, attempt=attempt, metrics=clean, created_at=now))
     job.progress_step, job.progress_total = step, total
+    job.phase = "training"
     job.metrics = clean
     job.heartbeat_at = now
+    return job.cancel_requested
+
+
+def counts_by_set(job: AlignmentJob) -> dict:
+    """Class counts named apart: the snapshot, and its train / held-out splits once the pipeline split it
+    (kept in eval_metrics["split"], also on a job that failed for too few held-out rows)."""
+    split = (job.eval_metrics or {}).get("split") or {}
+    return {"snapshot": {"desirable": job.n_desirable, "undesirable": job.n_undesirable},
+            "train": split.get("train"), "heldout": split.get("heldout")}
+
+
+def set_phase(session: Session, *, job_id: str, token: str, phase: str, now: datetime | None = None) -> bool:
+    """What the running job does now (one of PHASES, optionally with a count: "reference pass 120/240"),
+    shown before the first step; fenced like progress. Returns whether cancellation was requested."""
+    if phase.split(" ", 1)[0] not in {p.split(" ", 1)[0] for p in PHASES}:
+        raise ValueError(f"unknown phase {phase!r}")
+    job = _owned(session, job_id=job_id, token=token)
+    job.phase = phase[:64]
+    job.heartbeat_at = now or utcnow()
     return job.cancel_requested
 
 
@@ -426,6 +460,7 @@ def _json_number(value: Any) -> Any:
 
 def _finish(job: AlignmentJob, status: str, *, now: datetime, error: str | None = None) -> None:
     job.status = status
+    job.phase = None
     job.finished_at = now
     if error is not None:
         job.error = error

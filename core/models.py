@@ -237,6 +237,8 @@ class AlignmentJob(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     progress_step: Mapped[int] = mapped_column(default=0)
     progress_total: Mapped[int] = mapped_column(default=0)
+    # What a running job does now (core.jobs.PHASES); None when queued or finished.
+    phase: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any] | None]
     eval_metrics: Mapped[dict[str, Any] | None]
     n_desirable: Mapped[int | None]

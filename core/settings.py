@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, ge=1, le=65535, description="API port.")
     log_level: str = Field("INFO", description="Python logging level.")
-    api_url: str | None = Field(None, description="Where the CLI reaches the API; default http://host:port.")
+    api_url: str | None = Field(None, description="Where the CLI reaches the API; default: the running `prospect up` (core.instance).")
     api_key: str | None = Field(None, description="The key the CLI sends (PROSPECT_API_KEY).")
 
     # Ingestion limits.
@@ -77,6 +77,10 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Snapshot files no version was trained on are deleted after this; 0 keeps all."
     )
     retention_interval_s: float = Field(3600.0, gt=0, description="How often beat applies snapshot retention.")
+    refused_adapter_keep_hours: float = Field(
+        72.0, ge=0, description="A job the gate refused keeps its adapter this long for POST /v1/jobs/{id}/publish; "
+        "0 keeps none."
+    )
     checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
     base_model_dirs: list[Path] = Field(
         default_factory=list,
@@ -128,10 +132,6 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_path / "models"
-
-    @property
-    def client_base_url(self) -> str:
-        return (self.api_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def sqlalchemy_url(self) -> str:

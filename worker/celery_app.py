@@ -6,6 +6,7 @@ and beat with ``celery -A worker.celery_app beat``.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from celery import Celery
@@ -13,6 +14,11 @@ from kombu import Queue
 
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+
+# Hugging Face's progress bars (model conversion, weight loading) are terminal animations: in a worker
+# they end up in the log as hundreds of carriage-return lines (and, redirected by Celery, as warnings).
+# Set before anything imports huggingface_hub or transformers, which read it once.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 TRAINING_QUEUE = "training"
 DEFAULT_QUEUE = "default"

@@ -123,5 +123,18 @@ def decide(figures: dict, *, min_loss_improvement: float, min_reward_margin: flo
     return reasons
 
 
+REFUSED_OPTIONS = (
+    "options: collect more feedback (new prompts) and train again; lower the thresholds for this job "
+    "(--options '{\"gate_min_loss_improvement\": 0, \"gate_min_reward_margin\": 0}'); or train again with "
+    "--force-publish (the manifest records that the gate was skipped) and --snapshot SNAPSHOT_ID for the same rows"
+)
+
+
+def refusal_message(reasons: list[str], *, snapshot_id: str | None = None) -> str:
+    """The job's error when the gate refuses: why, then what the user can do."""
+    options = REFUSED_OPTIONS.replace("SNAPSHOT_ID", snapshot_id) if snapshot_id else REFUSED_OPTIONS
+    return "the gate refused to publish: " + "; ".join(reasons) + ". " + options
+
+
 def _fmt(value: float | None) -> str:
     return "none (diverged)" if value is None else f"{value:.4f}"

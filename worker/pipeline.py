@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import math
@@ -41,11 +42,13 @@ from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError
 from core.heldout import PromptCounts, assign_heldout, prompt_key
 from core.models import AlignmentJob, BaseModelRecord, Snapshot, utcnow
+from core.refused import keep_refused
 from core.settings import Settings
 from core.snapshots import create_snapshot, get_snapshot, iter_snapshot_rows
 from worker.gate import HeldoutRow
 from worker.gate import bootstrap as gate_bootstrap
 from worker.gate import decide as gate_decide
+from worker.gate import refusal_message as gate_refusal
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +341,7 @@ class _Run:
         with self._session() as s:
             jobs.record_inputs(s, job_id=self.job_id, token=self.token, class_weights=weights.to_dict())
 
+        self._report_phase("loading model")
         with self._phase("load"):
             model, tokenizer = self._load_base(base)
         with self._phase("train"):
@@ -349,6 +353,7 @@ class _Run:
         self.timings["reference_pass"] = result.metrics.get("reference_s") or 0.0
         self.timings["train"] -= self.timings["reference_pass"]
 
+        self._report_phase("evaluating")
         with self._phase("evaluate"):
             figures = self._evaluate(result, tokenizer, split, config, options)
         figures["split"] = {"train": train_counts, "heldout": heldout_counts}
@@ -356,10 +361,12 @@ class _Run:
             gate = figures["gate"]
             figures["gate"] = {**gate, "would_pass": gate["passed"], "passed": None, "skipped": "force_publish"}
         elif not figures["gate"]["passed"]:
-            raise JobFailed("the gate refused to publish: " + "; ".join(figures["gate"]["reasons"]), figures)
+            self._keep_refused(result)  # for POST /v1/jobs/{id}/publish (core.refused)
+            raise JobFailed(gate_refusal(figures["gate"]["reasons"], snapshot_id=snapshot.id), figures)
         if live.should_stop():
             return self._stopped(live)
 
+        self._report_phase("publishing")
         live.stop_heartbeat()  # publishing takes seconds; the fence, not the heartbeat, decides
         self._publish_started = time.perf_counter()
         try:
@@ -395,6 +402,17 @@ class _Run:
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, use_safetensors=True)
         return model, tokenizer
 
+    def _keep_refused(self, result) -> None:
+        keep_refused(self.settings, job_id=self.job_id, save=result.model.save_pretrained,
+                     hyperparameters={**result.config.to_dict(), "lora_target_modules": result.target_modules},
+                     class_counts={"desirable": result.weights.n_desirable,
+                                   "undesirable": result.weights.n_undesirable},
+                     class_weights=result.weights.to_dict())
+
+    def _report_phase(self, phase: str) -> None:
+        with self._session() as s:
+            jobs.set_phase(s, job_id=self.job_id, token=self.token, phase=phase)
+
     def _on_progress(self, step: int, total: int, metrics: dict) -> None:
         with self._session() as s:
             if not self.first_step_seen:
@@ -413,6 +431,7 @@ class _Run:
         from alignment.train import CheckpointMismatch, TrainingCancelled, train_kto
 
         ckpt = checkpoint_dir(self.settings, self.job_id)
+        train_kto = functools.partial(train_kto, on_phase=self._report_phase)  # "reference pass n/N" before step 1
         try:
             try:
                 return train_kto(model, tokenizer, rows(), config, on_progress=self._on_progress,
@@ -494,6 +513,7 @@ class _Run:
                 hyperparameters=hyperparameters,
                 class_counts={"desirable": result.weights.n_desirable, "undesirable": result.weights.n_undesirable},
                 class_weights=result.weights.to_dict(), eval_metrics=safe_figures, before_commit=fence,
+                base_model_name_or_path=jobs.JobOptions.from_dict(job.options).base_model_name_or_path,
             )
         finally:
             shutil.rmtree(staged, ignore_errors=True)

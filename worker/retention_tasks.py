@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
 from core.db import get_engine, session_scope
+from core.refused import expire_refused
 from core.settings import get_settings
 from core.snapshot_retention import expire_snapshots
 
@@ -14,5 +17,8 @@ from core.snapshot_retention import expire_snapshots
              default_retry_delay=10)
 def expire() -> list[str]:
     settings = get_settings()
+    removed = expire_refused(settings)  # refused adapters past refused_adapter_keep_hours
+    if removed:
+        logging.getLogger(__name__).info("deleted the kept adapters of refused jobs %s", ", ".join(removed))
     with session_scope(get_engine(settings)) as s:
         return expire_snapshots(s, settings=settings)

@@ -48,7 +48,8 @@ def list_versions(name: str, session: SessionDep, _: ReadKey) -> list[AdapterVer
     return [
         AdapterVersionOut(adapter=v.adapter_name, version=v.version, created_at=v.created_at, job_id=v.job_id,
                           snapshot_id=v.snapshot_id, base_model=v.manifest["base_model"]["name"],
-                          manifest_sha256=v.manifest_sha256, aliases=by_version.get(v.version, []))
+                          manifest_sha256=v.manifest_sha256, aliases=by_version.get(v.version, []),
+                          gate=adapters.gate_verdict(v.manifest))
         for v in adapters.list_versions(session, adapter_name=name)
     ]
 

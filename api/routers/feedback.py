@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -20,6 +19,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import IngestKey, ReadKey, RetractKey
+from api.schemas import IsoDateTime
 from api.schemas.feedback import (
     BatchIn,
     BatchOut,
@@ -48,8 +48,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"description": "Rate limited; see Retry-After."},
     503: {"description": "Database unavailable; nothing was written; see Retry-After."},
 }
-Since = Annotated[datetime | None, Query(description="Inclusive lower bound on created_at.")]
-Until = Annotated[datetime | None, Query(description="Exclusive upper bound on created_at.")]
+Since = Annotated[IsoDateTime | None, Query(description="Inclusive lower bound on created_at (ISO 8601).")]
+Until = Annotated[IsoDateTime | None, Query(description="Exclusive upper bound on created_at (ISO 8601).")]
 ModelQ = Annotated[str | None, Query(max_length=200, description="Only this model (adapter version).")]
 
 

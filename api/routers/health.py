@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import current_principal
 from api.queue import check_broker
+from core.base_models import bundled_model_state
 from core.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -34,18 +35,30 @@ async def _authenticated(request: Request) -> bool:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """The database and the broker are reachable; 503 otherwise, with the reasons for a caller with a key."""
+    """The database and the broker are reachable; 503 otherwise, with the reasons for a caller with a key.
+    ``base_models`` shows whether the bundled model is ready or still being prepared."""
     checks = await run_in_threadpool(_checks, request)
     ready = all(v == "ok" for v in checks.values())
+    models = await run_in_threadpool(_bundled, request) if checks.get("database") == "ok" else {}
     if not ready:
         log.warning("not ready: %s", checks)
         if not await _authenticated(request):  # the reasons name hosts and users: keys only
             checks = {k: ("ok" if v == "ok" else "unreachable") for k, v in checks.items()}
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks},
+        {"status": "ready" if ready else "not ready", "checks": checks, "base_models": models},
         status_code=200 if ready else 503,
         headers={} if ready else {"Retry-After": "5"},
     )
+
+
+def _bundled(request: Request) -> dict[str, str]:
+    """The bundled model's state (ready, or preparing while the worker converts it): informative, it
+    does not make the API unready."""
+    try:
+        with request.app.state.read_session_factory() as session:
+            return bundled_model_state(session, request.app.state.settings)
+    except DBAPIError:
+        return {}
 
 
 def _checks(request: Request) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,8 +18,16 @@ from sqlalchemy.orm import Session
 from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.queue import TRAINING_QUEUE, send_task
 from api.schemas import DB_INT_MAX
-from api.schemas.jobs import JobIn, JobListOut, JobMetricOut, JobMetricsOut, JobOut, JobStatus
-from core import jobs
+from api.schemas.jobs import (
+    JobIn,
+    JobListOut,
+    JobMetricOut,
+    JobMetricsOut,
+    JobOut,
+    JobStatus,
+    PublishRefusedIn,
+)
+from core import jobs, refused
 from core.errors import InvalidInput
 from core.job_limits import check_job_config
 from core.models import AdapterVersion, AlignmentJob, BaseModelRecord
@@ -54,7 +62,9 @@ def job_out(session: Session, job: AlignmentJob) -> JobOut:
     return JobOut(
         id=job.id, adapter=job.adapter_name, base_model=base_name, status=job.status,
         progress={"step": job.progress_step, "total": job.progress_total},
+        phase=job.phase,
         metrics=job.metrics, class_counts={"desirable": job.n_desirable, "undesirable": job.n_undesirable},
+        counts=jobs.counts_by_set(job),
         class_weights=job.class_weights, eval_metrics=job.eval_metrics, timings=job.timings,
         snapshot_id=job.snapshot_id,
         policy_id=job.policy_id,
@@ -80,6 +90,7 @@ def start_job(body: JobIn, session: SessionDep, settings: SettingsDep, principal
         config=config, snapshot_options=body.snapshot_options, snapshot_filters=body.snapshot_filters,
         options=body.options,
         force_publish=body.force_publish, max_attempts=settings.job_max_attempts,
+        preparing_model=settings.bundled_model_name if settings.register_bundled_model else None,
     )
     job.created_by_key_id = principal.key_id  # set here: jobs.create_job also serves policies and the CLI
     session.commit()
@@ -120,6 +131,18 @@ def get_metrics(
     return JobMetricsOut(job_id=job_id, steps=[
         JobMetricOut(step=m.step, attempt=m.attempt, metrics=m.metrics, created_at=m.created_at) for m in rows
     ])
+
+
+@router.post("/{job_id}/publish", response_model=JobOut, summary="Publish a refused job's adapter",
+             responses=ERRORS)
+def publish_refused_job(job_id: str, body: PublishRefusedIn, request: Request, session: SessionDep,
+                        settings: SettingsDep, principal: TrainKey) -> JobOut:
+    """Publish the adapter of a job the held-out gate refused (kept for PROSPECT_REFUSED_ADAPTER_KEEP_HOURS):
+    the manifest and the job record that it went out over a refused gate, by which key and why."""
+    refused.publish_refused(request.app.state.session_factory, settings=settings, job_id=job_id,
+                            key_id=principal.key_id, reason=body.reason)
+    session.expire_all()
+    return job_out(session, jobs.get_job(session, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job", responses=ERRORS)

@@ -7,7 +7,6 @@ to deliver them now; beat's outbox sweep delivers them anyway if that fails.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.queue import commit_and_kick
+from api.schemas import IsoDateTime
 from api.schemas.live import AdapterFeedbackOut, RolloutIn, RolloutOut, RouteOut
 from core import live_stats, rollouts
 from core.keys import Principal
@@ -60,8 +60,8 @@ def rollout_out(session: Session, r: Rollout, *, history: bool = False) -> dict[
             responses=ERRORS)
 def adapter_feedback(
     name: Name, session: SessionDep, _: ReadKey,
-    since: Annotated[datetime | None, Query(description="Inclusive lower bound on the vote's created_at.")] = None,
-    until: Annotated[datetime | None, Query(description="Exclusive upper bound on the vote's created_at.")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="Inclusive lower bound on the vote's created_at.")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="Exclusive upper bound on the vote's created_at.")] = None,
 ) -> dict:
     """Counted votes attributed to each version (and to the base model without an adapter), with 95%
     Wilson intervals. Versions this database does not know are listed with ``known: false``."""

@@ -26,6 +26,8 @@ class AdapterVersionOut(BaseModel):
     base_model: str
     manifest_sha256: str
     aliases: list[str] = Field(description="Aliases that point to this version now.")
+    gate: str | None = Field(None, description="The held-out gate's verdict: passed, or skipped (force_publish; "
+                             "the manifest says whether it would have passed); null when no job published it.")
 
 
 class AliasIn(BaseModel):

@@ -6,11 +6,14 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas import NAME_PATTERN
+
 
 class BaseModelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=100, description="Unique name, e.g. 'llama-3-8b-instruct' (lower case).")
+    name: str = Field(max_length=100, pattern=NAME_PATTERN,
+                      description="Unique name, e.g. 'llama-3-8b-instruct' (lower case).")
     source: str = Field(max_length=1000, description="A model folder on the server (config.json + weights).")
     revision: str | None = Field(None, max_length=200, description="Recorded as given (hub models: CLI only).")
 

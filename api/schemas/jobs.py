@@ -7,14 +7,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas import NAME_PATTERN
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class JobIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    adapter: str = Field(description="Adapter name; each published version is <adapter> vN.", max_length=100)
-    base_model: str = Field(description="A registered base model name (GET /v1/base-models).", max_length=200)
+    adapter: str = Field(description="Adapter name; each published version is <adapter> vN.", max_length=100,
+                         pattern=NAME_PATTERN)
+    base_model: str = Field(description="A registered base model name (GET /v1/base-models).", max_length=100,
+                            pattern=NAME_PATTERN)
     snapshot_id: str | None = Field(None, description="Train on this snapshot; default: take a new one.")
     config: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the alignment config (KTOConfig fields), e.g. {\"beta\": 0.2}."
@@ -29,7 +33,8 @@ class JobIn(BaseModel):
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Pipeline options: heldout_fraction (0.2), gate_min_loss_improvement "
-        "(0.01), gate_min_reward_margin (0.0), gate_min_heldout_per_class (10); thresholds must be >= 0."
+        "(0.01), gate_min_reward_margin (0.0), gate_min_heldout_per_class (10); thresholds must be >= 0; "
+        "base_model_name_or_path (a hub id or folder written to the adapter's adapter_config.json)."
     )
     force_publish: bool = Field(False, description="Publish even when the held-out gate would refuse.")
 
@@ -42,6 +47,12 @@ class Progress(BaseModel):
 class ClassCounts(BaseModel):
     desirable: int | None
     undesirable: int | None
+
+
+class CountsBySet(BaseModel):
+    snapshot: ClassCounts = Field(description="Labels in the job's snapshot.")
+    train: ClassCounts | None = Field(description="Labels of the rows trained on (known once the job evaluated).")
+    heldout: ClassCounts | None = Field(description="Labels of the held-out rows the gate used.")
 
 
 class AdapterVersionRef(BaseModel):
@@ -57,8 +68,12 @@ class JobOut(BaseModel):
     base_model: str
     status: JobStatus
     progress: Progress
+    phase: str | None = Field(None, description="What a running job does now: preparing, loading model, "
+                              "reference pass N/M (rows), training, evaluating, publishing; null otherwise.")
     metrics: dict[str, Any] | None = Field(description="The latest training step's metrics.")
-    class_counts: ClassCounts = Field(description="Labels in the snapshot.")
+    class_counts: ClassCounts = Field(description="Labels in the snapshot (as counts.snapshot; kept for clients "
+                                      "that read it).")
+    counts: CountsBySet = Field(description="Labels by set: the snapshot, its training split, its held-out split.")
     class_weights: dict[str, Any] | None = Field(description="lambda_D, lambda_U used, and the reason.")
     eval_metrics: dict[str, Any] | None = Field(description="Held-out figures of adapter and reference; the gate.")
     timings: dict[str, float] | None = Field(
@@ -98,3 +113,9 @@ class JobMetricOut(BaseModel):
 class JobMetricsOut(BaseModel):
     job_id: str
     steps: list[JobMetricOut]
+
+
+class PublishRefusedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=1000, description="Why it goes out although the gate refused it.")

@@ -7,15 +7,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas import DB_INT_MAX
+from api.schemas import DB_INT_MAX, NAME_PATTERN
 from core.snapshots import SnapshotFilters, SnapshotOptions
 
 
 class PolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    adapter: str = Field(max_length=100, description="The adapter the policy trains (one live policy per adapter).")
-    base_model: str = Field(max_length=100, description="A registered base model (GET /v1/base-models).")
+    adapter: str = Field(max_length=100, pattern=NAME_PATTERN,
+                         description="The adapter the policy trains (one live policy per adapter).")
+    base_model: str = Field(max_length=100, pattern=NAME_PATTERN,
+                            description="A registered base model (GET /v1/base-models).")
     min_new_feedback: int = Field(100, ge=1, le=DB_INT_MAX, description="New counted votes since the last job before a new one.")
     min_interval_minutes: int = Field(60, ge=1, le=DB_INT_MAX, description="Minutes at least between two jobs of this policy.")
     config: dict[str, Any] = Field(default_factory=dict, description="Alignment config overrides for its jobs.")

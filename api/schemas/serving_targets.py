@@ -7,14 +7,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas import NAME_PATTERN
+
 
 class TargetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=100)
+    name: str = Field(max_length=100, pattern=NAME_PATTERN)
     kind: Literal["webhook", "vllm"]
     url: str = Field(max_length=1000, description="webhook: where events are POSTed; vllm: the server's base URL.")
-    adapter: str = Field(max_length=100, description="The adapter whose events this target hears.")
+    adapter: str = Field(max_length=100, pattern=NAME_PATTERN,
+                         description="The adapter whose events this target hears.")
     secret: str | None = Field(None, max_length=200, description="HMAC key of the signature header; "
                                "omit to get a generated one (shown once).")
     adapter_root: str | None = Field(None, max_length=1000, description="vllm: the folder on the vLLM host "

@@ -56,6 +56,8 @@ def test_negative_kl_is_clamped_to_zero():
     clamped = kto_loss(t(1, 1), t(0, 0), t(-5, -3), t(0, 0), labels, beta=0.1)
     no_kl = kto_loss(t(1, 1), t(0, 0), None, None, labels, beta=0.1)
     assert clamped.kl.item() == 0.0
+    assert clamped.kl_estimate.item() == -4.0  # what progress shows: the estimate before the clamp
+    assert no_kl.kl_estimate.item() == 0.0
     assert torch.equal(clamped.losses, no_kl.losses)
     assert clamped.losses.tolist() == pytest.approx([1 - sigmoid(0.1), 1 - sigmoid(-0.1)])
 

@@ -56,13 +56,17 @@ def test_training_lowers_the_loss_and_touches_only_lora(tiny_model, tiny_tokeniz
 
 
 def test_metrics_and_progress_callback(tiny_model, tiny_tokenizer, rows):
-    calls = []
+    calls, phases = [], []
     result = train_kto(tiny_model, tiny_tokenizer, rows, KTOConfig(max_steps=3, grad_accumulation=2, **FAST),
-                       on_progress=lambda step, total, m: calls.append((step, total, m)))
+                       on_progress=lambda step, total, m: calls.append((step, total, m)), on_phase=phases.append)
     assert [(s, t) for s, t, _ in calls] == [(1, 3), (2, 3), (3, 3)]
+    # Before the first step: the reference pass, by rows (4 microbatches of 4 of the 16 rows).
+    assert phases == [f"reference pass {n}/16" for n in (4, 8, 12, 16)]
     keys = {"loss", "kl", "reward_desirable", "reward_undesirable", "reward_margin", "logps_desirable",
-            "logps_undesirable", "grad_norm", "learning_rate", "tokens_per_s", "step", "epoch", "tokens"}
+            "logps_undesirable", "grad_norm", "learning_rate", "tokens_per_s", "step", "epoch", "tokens",
+            "kl_estimate"}
     assert keys <= calls[0][2].keys()
+    assert all(m["kl"] >= max(0.0, m["kl_estimate"]) - 1e-9 for *_, m in calls)  # the mean of clamped z0s
     assert result.history == [m for _, _, m in calls]
     # Step 1 at a fresh adapter: policy == reference, so loss 0.5 and kl 0.
     assert calls[0][2]["loss"] == pytest.approx(0.5) and calls[0][2]["kl"] == 0.0

@@ -45,7 +45,7 @@ def test_refusals(api, tmp_path):
     cases = [
         ({"name": "tiny", "source": folder}, 409, "already registered"),
         ({"name": "org-model", "source": "org/model"}, 422, "prospect models add"),
-        ({"name": "Bad Name", "source": folder}, 422, "invalid base model name"),
+        ({"name": "Bad Name", "source": folder}, 422, "name: invalid name 'Bad Name': use 1-100 characters"),
         ({"name": "x", "source": str(tmp_path)}, 422, "no config.json"),
         ({"name": "x", "source": "/etc"}, 422, "outside the folders base models may be registered from"),
         ({"name": "x"}, 422, "source"),

@@ -11,7 +11,7 @@ def test_healthz_and_readyz(settings):
     assert client.get("/healthz").json() == {"status": "ok"}
     resp = client.get("/readyz")
     assert resp.status_code == 200
-    assert resp.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    assert resp.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}, "base_models": {}}
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs").status_code == 200
 

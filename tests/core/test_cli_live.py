@@ -45,6 +45,9 @@ def test_rollouts_and_feedback_commands(cli, settings, tmp_path):  # noqa: F811 
     assert again.exit_code == 2 and "already has a running rollout" in again.output
     status = runner.invoke(app, ["rollouts", "status", "bot"])
     assert status.exit_code == 0 and rollout["id"] in status.stdout and "running" in status.stdout
+    assert [r["id"] for r in json.loads(runner.invoke(app, ["rollouts", "status", "bot", "--json"]).stdout)] == [
+        rollout["id"]]
+    assert json.loads(runner.invoke(app, ["adapters", "feedback", "bot", "--json"]).stdout)["versions"]
     one = json.loads(runner.invoke(app, ["rollouts", "status", "bot", rollout["id"]]).stdout)
     assert one["id"] == rollout["id"] and one["evaluations"] == []
     stopped = runner.invoke(app, ["rollouts", "stop", "bot", rollout["id"]])

@@ -85,6 +85,23 @@ def test_snapshots_and_adapters_through_rest(cli, tmp_path, settings, engine):
     stale = runner.invoke(app, ["adapters", "promote", "chat", "champion", "2", "--expected", "2"])
     assert stale.exit_code == 2 and "points to version 1" in stale.output
 
+    # Listings: versions and an alias's history as commands, --json for scripts, piped tables uncut.
+    versions = json.loads(runner.invoke(app, ["adapters", "versions", "chat", "--json"]).stdout)
+    assert [(v["version"], v["aliases"]) for v in versions] == [(1, ["champion"]), (2, ["latest"])]
+    assert runner.invoke(app, ["adapters", "promote", "chat", "champion", "2"]).exit_code == 0
+    history = json.loads(runner.invoke(app, ["adapters", "history", "chat", "champion", "--json"]).stdout)
+    assert [(h["from_version"], h["to_version"]) for h in history] == [(None, 1), (1, 2)]
+    table = runner.invoke(app, ["adapters", "history", "chat", "champion"]).stdout
+    assert "v1" in table and "v2" in table
+    assert json.loads(runner.invoke(app, ["adapters", "list", "--json"]).stdout)[0]["name"] == "chat"
+    models = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
+    assert models[0]["name"] == "base" and len(models[0]["sha256"]) == 64
+    piped = runner.invoke(app, ["models", "list"]).stdout
+    row = next(line for line in piped.splitlines() if "base" in line)
+    assert models[0]["path"] in row  # the whole path on one line, however long
+    keys = json.loads(runner.invoke(app, ["keys", "list", "--json"]).stdout)
+    assert {"admin", "read"} <= {k["scopes"] for k in keys} and "hash" not in json.dumps(keys)
+
 
 def _hostile_server(headers: dict[str, str], body: bytes = b"tarball bytes"):
     """A Client whose API answers every download with ``body`` and ``headers``."""

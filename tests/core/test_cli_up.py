@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -86,6 +87,13 @@ def test_up_serves_and_stops_cleanly(services, tmp_path, request):
         assert celery_client(settings).send_task("prospect.ping").get(timeout=90) == "pong"
         children = _children_of(proc.pid)
         assert len(children) == 3
+        # The CLI, with the same data folder, finds this instance; a second `up` on it is refused at once.
+        info = json.loads((data / "instance.json").read_text())
+        assert info == {"url": f"http://127.0.0.1:{port}", "pid": proc.pid}
+        second = subprocess.run([sys.executable, "-m", "core.cli", "up", "--port", str(_free_port())], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == 2 and f"pid {proc.pid}" in second.stderr, second.stderr
+        assert len(_children_of(proc.pid)) == 3
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
@@ -93,7 +101,9 @@ def test_up_serves_and_stops_cleanly(services, tmp_path, request):
     assert f"http://127.0.0.1:{port}" in out
     assert str(data.resolve()) in out
     lines = out.splitlines()
-    key_line = lines.index("first start: an admin API key was created (shown once):")
-    assert lines[key_line + 1].startswith("pk_")
-    assert "stopped" in out
+    key_line = next(i for i, line in enumerate(lines) if "first start: an admin API key was created" in line)
+    key = lines[key_line + 1].strip("| ")
+    assert key.startswith("pk_") and f"export PROSPECT_API_KEY={key}" in out
+    assert "Celery" not in out and (data / "logs" / "worker.log").stat().st_size > 0  # children log to files
+    assert "stopped" in out and not (data / "instance.json").exists()
     assert not any(_alive(pid) for pid in children)

@@ -282,3 +282,14 @@ def test_list_jobs_and_metrics(engine, base_model):
         with pytest.raises(NotFound):
             jobs.list_metrics(s, job_id="nope")
         assert s.scalar(select(func.count()).select_from(JobMetric)) == 0
+
+
+def test_base_model_name_or_path_option_is_a_string_and_stored_only_when_given():
+    from core.errors import InvalidInput
+
+    assert "base_model_name_or_path" not in jobs.JobOptions.from_dict({}).to_dict()
+    given = jobs.JobOptions.from_dict({"base_model_name_or_path": "org/model", "heldout_fraction": 0.3})
+    assert given.to_dict()["base_model_name_or_path"] == "org/model" and given.heldout_fraction == 0.3
+    for bad in (3, "", "a\nb", "x" * 1001):
+        with pytest.raises(InvalidInput, match="base_model_name_or_path"):
+            jobs.JobOptions.from_dict({"base_model_name_or_path": bad})

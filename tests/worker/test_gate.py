@@ -99,3 +99,13 @@ def test_thresholds_apply_to_the_lower_end():
     assert decide(figures, min_loss_improvement=0.0, min_reward_margin=lo - 1e-6) == []
     refused = decide(figures, min_loss_improvement=0.0, min_reward_margin=lo + 1e-6)
     assert len(refused) == 1 and "reward margin: 95% interval lower end" in refused[0]
+
+
+def test_a_refusal_says_why_and_what_the_options_are():
+    from worker.gate import refusal_message
+
+    reason = "held-out reward margin: 95% interval lower end -0.0123 (estimate 0.0100) is not above it"
+    message = refusal_message([reason], snapshot_id="snap1")
+    assert message.startswith("the gate refused to publish: held-out reward margin")
+    assert "collect more feedback" in message and "gate_min_loss_improvement" in message
+    assert "--force-publish" in message and "--snapshot snap1" in message

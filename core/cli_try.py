@@ -1,0 +1,42 @@
+"""`prospect adapters try NAME VERSION "prompt"`: one answer without and with the adapter, side by side.
+
+An operator's command on the server, like ``models``: it reads the version and its base model from the
+database and the files from the data folder, and loads torch (only this command does).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from core import adapters
+from core.cli_resources import adapters_app
+from core.cli_run import database_engine
+from core.db import session_scope
+from core.models import BaseModelRecord
+from core.settings import get_settings
+
+
+@adapters_app.command("try")
+def adapters_try(
+    name: Annotated[str, typer.Argument(help="Adapter name.")],
+    version: Annotated[str, typer.Argument(help="Version number or alias.")],
+    prompt: Annotated[str, typer.Argument(help="A user message; the base model's chat template wraps it.")],
+    max_new_tokens: Annotated[int, typer.Option(help="Length of each answer, in tokens.")] = 64,
+) -> None:
+    """Answer PROMPT with the base model and with the adapter (greedy, CPU), side by side."""
+    from alignment.generate import compare
+
+    settings = get_settings()
+    with session_scope(database_engine(settings)) as session:
+        row = adapters.resolve_version(session, adapter_name=name, version_or_alias=version)
+        base = session.get(BaseModelRecord, row.base_model_id)
+        number, folder, base_name, base_dir = row.version, adapters.version_dir(settings, row), base.name, base.path
+    Console(stderr=True).print(f"loading {base_name} and {name} v{number} …")
+    answers = compare(base_dir, folder, prompt, max_new_tokens=max_new_tokens)
+    table = Table(f"{base_name} (base)", f"{name} v{number}", show_lines=True)
+    table.add_row(answers["base"], answers["adapter"])
+    Console().print(table)
