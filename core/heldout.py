@@ -18,25 +18,18 @@ Two jobs that assign the same new prompt at once both insert with
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from core.feedback import prompt_key  # the key votes store: a split side is about the same prompt
 from core.models import PromptSplit, utcnow
 
 _CHUNK = 500
 MAX_FLOOR_SHARE = 0.5  # the per-class floor never takes more than half a class for the gate
-
-
-def prompt_key(prompt: Any) -> str:
-    """A stable key of a row's prompt (text or chat messages)."""
-    return hashlib.sha256(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass

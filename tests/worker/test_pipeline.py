@@ -328,3 +328,10 @@ def test_the_split_streams_training_rows_and_keeps_only_heldout_rows(stack):
         split.counts("train") == {"desirable": 14, "undesirable": 14}
     everything = list(iter_snapshot_rows(settings, snapshot))
     assert sorted(map(repr, train + split.heldout)) == sorted(map(repr, everything))
+    # The stored sides are keyed like the votes, so they can be joined with them.
+    from core.models import PromptSplit, Vote
+
+    with session_scope(engine) as s:
+        split_keys = set(s.scalars(select(PromptSplit.prompt_key)))
+        vote_keys = set(s.scalars(select(Vote.prompt_key)))
+    assert len(split_keys) == 24 and split_keys == vote_keys
