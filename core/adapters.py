@@ -36,7 +36,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -44,6 +44,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import outbox
+from core.adapter_objects import upload_tarball, upload_version
+from core.artifact_store import ArtifactStore, get_store
 from core.base_models import check_name, file_sha256
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import AdapterAlias, AdapterVersion, AliasHistory, BaseModelRecord, Snapshot, utcnow
@@ -276,15 +278,21 @@ def publish_adapter_version(
             manifest["files"].sort(key=lambda f: f["name"])
             manifest_bytes = _json_bytes(manifest)
             _write_bytes(tmp / "manifest.json", manifest_bytes)
-            _rename_into_place(tmp, final)
+            store = get_store(settings)
+            if store.local_root is None:
+                key = upload_version(store, tmp, adapter_name=adapter_name, version=version)
+            else:
+                _rename_into_place(tmp, final)
+                key = final.relative_to(settings.artifacts_dir).as_posix()
             try:
                 row = AdapterVersion(
-                    adapter_name=adapter_name, version=version,
-                    path=final.relative_to(settings.artifacts_dir).as_posix(), manifest=manifest,
+                    adapter_name=adapter_name, version=version, path=key, manifest=manifest,
                     manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), job_id=job_id,
                     base_model_id=base_model.id, snapshot_id=snapshot.id if snapshot else None,
                     created_at=created_at,
                 )
+                if store.local_root is None:  # one object to stream or presign; its sha256 is the ETag
+                    row.tarball_sha256 = upload_tarball(store, row, iter_tarball(settings, row, folder=tmp))
                 session.add(row)
                 session.flush()
                 outbox.emit(session, event="version.published", adapter_name=adapter_name, version=version)
@@ -295,7 +303,10 @@ def publish_adapter_version(
                 session.commit()
             except BaseException:
                 session.rollback()
-                shutil.rmtree(final, ignore_errors=True)
+                if store.local_root is None:
+                    store.delete_prefix(key)  # unreferenced: no reader could have reached it
+                else:
+                    shutil.rmtree(final, ignore_errors=True)
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -442,14 +453,20 @@ def move_alias(
 # --- files and downloads ---------------------------------------------------------------------------------
 
 
-def version_file(settings: Settings, version: AdapterVersion, filename: str) -> tuple[Path, str | None]:
-    """Path and sha256 of one file of a version: only names the manifest lists, and manifest.json itself."""
+def version_file_key(version: AdapterVersion, filename: str) -> tuple[str, str | None]:
+    """Store key and sha256 of one file of a version: only names the manifest lists, and manifest.json."""
     if filename == "manifest.json":
-        return version_dir(settings, version) / filename, version.manifest_sha256
+        return f"{version.path}/{filename}", version.manifest_sha256
     for entry in version.manifest.get("files", []):
         if entry["name"] == filename:
-            return version_dir(settings, version) / entry["name"], entry["sha256"]
+            return f"{version.path}/{entry['name']}", entry["sha256"]
     raise NotFound(f"adapter {version.adapter_name!r} v{version.version} has no file {filename!r}")
+
+
+def version_file(settings: Settings, version: AdapterVersion, filename: str) -> tuple[Path, str | None]:
+    """Path and sha256 of one file of a version on the local store."""
+    key, sha = version_file_key(version, filename)
+    return settings.artifacts_dir / key, sha
 
 
 def _tar_members(version: AdapterVersion) -> list[tuple[str, int | None]]:
@@ -457,29 +474,51 @@ def _tar_members(version: AdapterVersion) -> list[tuple[str, int | None]]:
     return sorted(members)
 
 
-def iter_tarball(settings: Settings, version: AdapterVersion) -> Iterator[bytes]:
+def iter_tarball(settings: Settings, version: AdapterVersion, *, folder: Path | None = None) -> Iterator[bytes]:
     """The version folder as a deterministic .tar.gz, streamed chunk by chunk.
 
     Sorted names under ``<name>-v<version>/``, mtime = the version's creation
     time, uid/gid 0, mode 0644, gzip header without name or time: the same
     version always gives the same bytes (with the same zlib), hence a stable sha256.
+    ``folder`` (default: the version's folder in the local store) holds the files;
+    on an S3 store the files are read from the bucket.
     """
-    folder = version_dir(settings, version)
+    store = get_store(settings)
+    if folder is None and store.local_root is None:
+        yield from _tar_chunks(version, lambda name: _open_object(store, f"{version.path}/{name}"))
+        return
+    folder = folder or version_dir(settings, version)
+
+    def open_file(name: str) -> tuple[int, BinaryIO, str]:
+        path = folder / name
+        return path.stat().st_size, open(path, "rb"), str(path)
+
+    yield from _tar_chunks(version, open_file)
+
+
+def _open_object(store: ArtifactStore, key: str) -> tuple[int, BinaryIO, str]:
+    entry = store.stat(key)
+    if entry is None:
+        raise NotFound(f"artifact {key!r} is missing")
+    return entry.size, store.open(key), key
+
+
+def _tar_chunks(version: AdapterVersion, open_member: Callable[[str], tuple[int, BinaryIO, str]]) -> Iterator[bytes]:
     prefix = f"{version.adapter_name}-v{version.version}/"
     mtime = int(version.created_at.timestamp())
     gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     written = 0
     for name, size in _tar_members(version):
-        path = folder / name
-        actual = path.stat().st_size
+        actual, fh, path = open_member(name)
         if size is not None and actual != size:
+            fh.close()
             raise Conflict(f"{path} changed on disk: {actual} bytes, the manifest says {size}")
         info = tarfile.TarInfo(prefix + name)
         info.size, info.mtime, info.mode, info.uname, info.gname = actual, mtime, 0o644, "", ""
         header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         parts = [gz.compress(header)]
         written += len(header)
-        with open(path, "rb") as fh:
+        with fh:
             while chunk := fh.read(_CHUNK):
                 parts.append(gz.compress(chunk))
                 written += len(chunk)
