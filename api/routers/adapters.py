@@ -7,6 +7,7 @@ answer 304 to a matching If-None-Match.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -20,6 +21,7 @@ from api.schemas.adapters import AdapterOut, AdapterVersionOut, AliasIn, AliasMo
 from core import adapters
 from core.adapter_objects import tarball_key
 from core.artifact_store import get_store
+from core.errors import NotFound
 from core.keys import Principal
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
@@ -78,10 +80,11 @@ def download(name: str, version_or_alias: str, request: Request, session: Sessio
     if cached is not None:
         return cached
     filename = f"{v.adapter_name}-v{v.version}.tar.gz"
-    if get_store(settings).local_root is None:  # the tarball was stored at publish: one object
-        return artifact_response(settings, tarball_key(v), sha256=v.tarball_sha256, filename=filename,
-                                 media_type="application/gzip", headers={"X-Adapter-Version": str(v.version)},
-                                 missing=f"the files of {v.adapter_name} v{v.version} are missing from the store")
+    if get_store(settings).local_root is None:  # the tarball stored at publish: one object
+        with contextlib.suppress(NotFound):  # not for versions copied from a local install: built below
+            return artifact_response(settings, tarball_key(v), sha256=v.tarball_sha256, filename=filename,
+                                     media_type="application/gzip", headers={"X-Adapter-Version": str(v.version)},
+                                     missing="no stored tarball")
     return StreamingResponse(adapters.iter_tarball(settings, v), media_type="application/gzip", headers={
         "ETag": quoted(v.tarball_sha256), "Content-Disposition": f'attachment; filename="{filename}"',
         "X-Adapter-Version": str(v.version)})

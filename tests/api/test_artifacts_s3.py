@@ -115,3 +115,21 @@ def test_a_publish_that_fails_before_its_commit_leaves_nothing(s3, tmp_path):
     with pytest.raises(RuntimeError):
         _publish(client.app.state.engine, s3, tmp_path, 1, before_commit=refuse)
     assert list(get_store(s3).list("adapters")) == []
+
+
+def test_an_install_copied_from_local_disk_to_the_bucket_downloads_the_same(settings, s3, tmp_path):
+    """Moving to S3 = copying ``<data>/artifacts`` into the bucket: the rows' paths are the keys; a version
+    published on disk has no stored tarball, so the API builds it from the objects (same bytes, same ETag)."""
+    client, h = make_api(settings)
+    _publish(client.app.state.engine, settings, tmp_path, 1)
+    local = client.get("/v1/adapters/chat/versions/1/download", headers=h["read"])
+    store = get_store(s3)
+    for path in settings.artifacts_dir.rglob("*"):
+        if path.is_file():
+            store.put_file(path.relative_to(settings.artifacts_dir).as_posix(), path)
+    moved = s3.model_copy(update={"data_dir": tmp_path / "elsewhere", "database_url": settings.database_url})
+    client2, _ = make_api(moved)
+    r = client2.get("/v1/adapters/chat/versions/1/download", headers=h["read"])
+    assert (r.status_code, r.content, r.headers["etag"]) == (200, local.content, local.headers["etag"])
+    f = client2.get("/v1/adapters/chat/versions/1/files/adapter_model.safetensors", headers=h["read"])
+    assert f.content == b"weights 1"
