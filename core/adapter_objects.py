@@ -9,6 +9,7 @@ a download is one object to stream or to presign, and its sha256 (the ETag) is k
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Iterable
@@ -23,7 +24,12 @@ TARBALL = ".prospect-download.tar.gz"  # not a manifest name: GET .../files/{nam
 def upload_version(store: ArtifactStore, folder: Path, *, adapter_name: str, version: int) -> str:
     """Upload the files of ``folder``; returns the key prefix to record in the row."""
     prefix = f"adapters/{adapter_name}/{version}.{uuid.uuid4().hex}"
-    store.put_tree(prefix, folder)
+    try:
+        store.put_tree(prefix, folder)
+    except BaseException:
+        with contextlib.suppress(Exception):  # else the orphan sweep removes them later
+            store.delete_prefix(prefix)
+        raise
     return prefix
 
 

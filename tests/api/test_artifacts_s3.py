@@ -133,3 +133,22 @@ def test_an_install_copied_from_local_disk_to_the_bucket_downloads_the_same(sett
     assert (r.status_code, r.content, r.headers["etag"]) == (200, local.content, local.headers["etag"])
     f = client2.get("/v1/adapters/chat/versions/1/files/adapter_model.safetensors", headers=h["read"])
     assert f.content == b"weights 1"
+
+
+def test_an_upload_that_fails_half_way_leaves_nothing(s3, tmp_path, monkeypatch):
+    client, _ = make_api(s3)
+    store = get_store(s3)
+    real_put, calls = store.put_file, []
+
+    def flaky(key, path):
+        calls.append(key)
+        if len(calls) == 2:
+            raise OSError("connection reset by the store")
+        real_put(key, path)
+
+    monkeypatch.setattr(store, "put_file", flaky)
+    with pytest.raises(OSError):
+        _publish(client.app.state.engine, s3, tmp_path, 1)
+    assert len(calls) == 2 and list(store.list("adapters")) == []
+    monkeypatch.setattr(store, "put_file", real_put)
+    assert _publish(client.app.state.engine, s3, tmp_path, 2).version == 1
