@@ -376,6 +376,7 @@ def train_kto(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_phase: Callable[[str], None] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``rows`` with the KTO loss.
 
@@ -393,7 +394,8 @@ def train_kto(
     With ``checkpoint_dir`` and ``config.checkpoint_every`` > 0 a checkpoint
     (adapter, optimizer, scheduler, step, RNG state, history) is written
     every N steps; ``resume=True`` continues from it (a fresh start when there
-    is none), giving the same losses as an uninterrupted run.
+    is none), giving the same losses as an uninterrupted run. ``on_checkpoint(file)`` is called
+    after each one is written (the worker copies it to the artifact store, for another host).
     """
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
@@ -482,6 +484,8 @@ def train_kto(
         if ckpt is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             save_checkpoint(ckpt, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
                             history=history, reference=reference, fingerprint=fingerprint, runtime=runtime)
+            if on_checkpoint is not None:
+                on_checkpoint(ckpt / CHECKPOINT_FILE)
 
     model.eval()
     runtime = time.perf_counter() - run_started

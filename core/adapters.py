@@ -14,6 +14,9 @@ between the rename and the commit leaves a version folder without a row.
 Neither is visible (everything is looked up through the database), and
 :func:`cleanup_leftovers` removes both. Because the lock is held from the
 allocation to the commit, publishers of one adapter never race for a number.
+With an S3 artifact store the folder is uploaded under ``<name>/<version>.<staging
+id>`` instead of renamed (``core.adapter_objects``); the tarball lives in
+``core.adapter_tarball``.
 
 Aliases: ``latest`` follows publishing and cannot be moved by hand. Any other
 alias (``champion``, ``staging`` ...) is moved with :func:`move_alias`, a
@@ -30,20 +33,20 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from core import outbox
+from core.adapter_objects import upload_tarball, upload_version
+from core.adapter_tarball import ensure_tarball_sha256, iter_tarball, tarball_sha256  # noqa: F401 (adapters.*)
+from core.artifact_store import get_store
 from core.base_models import check_name, file_sha256
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import AdapterAlias, AdapterVersion, AliasHistory, BaseModelRecord, Snapshot, utcnow
@@ -58,9 +61,6 @@ TMP_PREFIX = ".tmp-"
 # A .tmp-* folder younger than this may belong to a publish still copying files.
 TMP_GRACE_S = 3600.0
 MANIFEST_FORMAT = "prospect-adapter/1"
-_CHUNK = 1 << 20
-_TAR_BLOCK = 512
-_TAR_RECORD = 20 * _TAR_BLOCK
 
 
 def adapters_root(settings: Settings) -> Path:
@@ -276,15 +276,21 @@ def publish_adapter_version(
             manifest["files"].sort(key=lambda f: f["name"])
             manifest_bytes = _json_bytes(manifest)
             _write_bytes(tmp / "manifest.json", manifest_bytes)
-            _rename_into_place(tmp, final)
+            store = get_store(settings)
+            if store.local_root is None:
+                key = upload_version(store, tmp, adapter_name=adapter_name, version=version)
+            else:
+                _rename_into_place(tmp, final)
+                key = final.relative_to(settings.artifacts_dir).as_posix()
             try:
                 row = AdapterVersion(
-                    adapter_name=adapter_name, version=version,
-                    path=final.relative_to(settings.artifacts_dir).as_posix(), manifest=manifest,
+                    adapter_name=adapter_name, version=version, path=key, manifest=manifest,
                     manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(), job_id=job_id,
                     base_model_id=base_model.id, snapshot_id=snapshot.id if snapshot else None,
                     created_at=created_at,
                 )
+                if store.local_root is None:  # one object to stream or presign; its sha256 is the ETag
+                    row.tarball_sha256 = upload_tarball(store, row, iter_tarball(settings, row, folder=tmp))
                 session.add(row)
                 session.flush()
                 outbox.emit(session, event="version.published", adapter_name=adapter_name, version=version)
@@ -295,7 +301,10 @@ def publish_adapter_version(
                 session.commit()
             except BaseException:
                 session.rollback()
-                shutil.rmtree(final, ignore_errors=True)
+                if store.local_root is None:
+                    store.delete_prefix(key)  # unreferenced: no reader could have reached it
+                else:
+                    shutil.rmtree(final, ignore_errors=True)
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -442,78 +451,17 @@ def move_alias(
 # --- files and downloads ---------------------------------------------------------------------------------
 
 
-def version_file(settings: Settings, version: AdapterVersion, filename: str) -> tuple[Path, str | None]:
-    """Path and sha256 of one file of a version: only names the manifest lists, and manifest.json itself."""
+def version_file_key(version: AdapterVersion, filename: str) -> tuple[str, str | None]:
+    """Store key and sha256 of one file of a version: only names the manifest lists, and manifest.json."""
     if filename == "manifest.json":
-        return version_dir(settings, version) / filename, version.manifest_sha256
+        return f"{version.path}/{filename}", version.manifest_sha256
     for entry in version.manifest.get("files", []):
         if entry["name"] == filename:
-            return version_dir(settings, version) / entry["name"], entry["sha256"]
+            return f"{version.path}/{entry['name']}", entry["sha256"]
     raise NotFound(f"adapter {version.adapter_name!r} v{version.version} has no file {filename!r}")
 
 
-def _tar_members(version: AdapterVersion) -> list[tuple[str, int | None]]:
-    members = [(f["name"], f["size"]) for f in version.manifest["files"]] + [("manifest.json", None)]
-    return sorted(members)
-
-
-def iter_tarball(settings: Settings, version: AdapterVersion) -> Iterator[bytes]:
-    """The version folder as a deterministic .tar.gz, streamed chunk by chunk.
-
-    Sorted names under ``<name>-v<version>/``, mtime = the version's creation
-    time, uid/gid 0, mode 0644, gzip header without name or time: the same
-    version always gives the same bytes (with the same zlib), hence a stable sha256.
-    """
-    folder = version_dir(settings, version)
-    prefix = f"{version.adapter_name}-v{version.version}/"
-    mtime = int(version.created_at.timestamp())
-    gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    written = 0
-    for name, size in _tar_members(version):
-        path = folder / name
-        actual = path.stat().st_size
-        if size is not None and actual != size:
-            raise Conflict(f"{path} changed on disk: {actual} bytes, the manifest says {size}")
-        info = tarfile.TarInfo(prefix + name)
-        info.size, info.mtime, info.mode, info.uname, info.gname = actual, mtime, 0o644, "", ""
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        parts = [gz.compress(header)]
-        written += len(header)
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                parts.append(gz.compress(chunk))
-                written += len(chunk)
-                yield b"".join(parts)
-                parts = []
-        pad = -written % _TAR_BLOCK
-        parts.append(gz.compress(b"\0" * pad))
-        written += pad
-        yield b"".join(parts)
-    end = 2 * _TAR_BLOCK
-    end += -(written + end) % _TAR_RECORD
-    yield gz.compress(b"\0" * end) + gz.flush()
-
-
-def ensure_tarball_sha256(engine: Engine, *, settings: Settings, version: AdapterVersion) -> str:
-    """Like ``tarball_sha256``, for callers without a write transaction: the tarball is hashed outside any
-    transaction, then one short UPDATE stores it (the same bytes, whoever wins a race)."""
-    if version.tarball_sha256 is None:
-        digest = hashlib.sha256()
-        for chunk in iter_tarball(settings, version):
-            digest.update(chunk)
-        with engine.begin() as conn:
-            conn.execute(update(AdapterVersion).where(AdapterVersion.id == version.id)
-                         .values(tarball_sha256=digest.hexdigest()))
-        set_committed_value(version, "tarball_sha256", digest.hexdigest())  # not dirty: nothing to flush
-    return version.tarball_sha256
-
-
-def tarball_sha256(session: Session, *, settings: Settings, version: AdapterVersion) -> str:
-    """The download's sha256 (its ETag): computed on first use and kept on the row; caller commits."""
-    if version.tarball_sha256 is None:
-        digest = hashlib.sha256()
-        for chunk in iter_tarball(settings, version):
-            digest.update(chunk)
-        version.tarball_sha256 = digest.hexdigest()
-        session.flush()
-    return version.tarball_sha256
+def version_file(settings: Settings, version: AdapterVersion, filename: str) -> tuple[Path, str | None]:
+    """Path and sha256 of one file of a version on the local store."""
+    key, sha = version_file_key(version, filename)
+    return settings.artifacts_dir / key, sha

@@ -1,11 +1,13 @@
 """`prospect adapters try NAME VERSION "prompt"`: one answer without and with the adapter, side by side.
 
 An operator's command on the server, like ``models``: it reads the version and its base model from the
-database and the files from the data folder, and loads torch (only this command does).
+database and the files from the data folder (or a copy from the S3 artifact store), and loads torch (only this command does).
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core import adapters
+from core.artifact_store import get_store
 from core.cli_resources import adapters_app
 from core.cli_run import database_engine
 from core.db import session_scope
@@ -34,9 +37,14 @@ def adapters_try(
     with session_scope(database_engine(settings)) as session:
         row = adapters.resolve_version(session, adapter_name=name, version_or_alias=version)
         base = session.get(BaseModelRecord, row.base_model_id)
-        number, folder, base_name, base_dir = row.version, adapters.version_dir(settings, row), base.name, base.path
+        number, key, base_name, base_dir = row.version, row.path, base.name, base.path
     Console(stderr=True).print(f"loading {base_name} and {name} v{number} …")
-    answers = compare(base_dir, folder, prompt, max_new_tokens=max_new_tokens)
+    store = get_store(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = store.local_root / key if store.local_root is not None else Path(tmp)
+        if store.local_root is None:  # an S3 store: a local copy of the version's files
+            store.get_tree(key, folder)
+        answers = compare(base_dir, folder, prompt, max_new_tokens=max_new_tokens)
     table = Table(f"{base_name} (base)", f"{name} v{number}", show_lines=True)
     table.add_row(answers["base"], answers["adapter"])
     Console().print(table)

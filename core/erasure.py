@@ -28,13 +28,15 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, delete, null, select, update
 
+from core.artifact_store import get_store
+from core.errors import NotFound
 from core.feedback import pair_key
 from core.models import AdapterVersion, FeedbackEvent, Snapshot, Vote, utcnow
 from core.settings import Settings
@@ -91,8 +93,10 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _redact_snapshot(engine: Engine, path: Path, snapshot_id: str, pairs: set[str]) -> int:
-    """Rewrite one snapshot's file without the rows of ``pairs``; returns the rows removed."""
+def _redact_snapshot(engine: Engine, path: Path, snapshot_id: str, pairs: set[str],
+                     store_back: Callable[[Path], None] | None = None) -> int:
+    """Rewrite one snapshot's file without the rows of ``pairs``; returns the rows removed.
+    ``store_back(path)`` uploads the rewritten file (a local copy of an S3 object)."""
     if not path.is_file():
         return 0
     with _file_lock(path):
@@ -127,8 +131,27 @@ def _redact_snapshot(engine: Engine, path: Path, snapshot_id: str, pairs: set[st
                 content_hash=new_digest.hexdigest(), n_rows=desirable + undesirable, n_desirable=desirable,
                 n_undesirable=undesirable, redacted_at=utcnow()))
         os.replace(tmp, path)
+        if store_back is not None:
+            store_back(path)
     log.info("snapshot %s: %d row(s) erased", snapshot_id, removed)
     return removed
+
+
+def _redact(engine: Engine, settings: Settings, snap, pairs: set[str]) -> int:
+    """On an S3 store the object is rewritten through a local copy (the row, then the object, as on disk;
+    the lock is per host: run erasures of one snapshot from one API host at a time)."""
+    store = get_store(settings)
+    if store.local_root is not None:
+        return _redact_snapshot(engine, store.local_root / snap.path, snap.id, pairs)
+    copy = settings.data_path / "tmp" / "erasure" / f"{snap.id}.jsonl"
+    try:
+        store.get_file(snap.path, copy)
+    except NotFound:
+        return 0
+    try:
+        return _redact_snapshot(engine, copy, snap.id, pairs, store_back=lambda p: store.put_file(snap.path, p))
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def erase_user_feedback(engine: Engine, *, settings: Settings, user_id: str) -> dict[str, Any]:
@@ -143,7 +166,7 @@ def erase_user_feedback(engine: Engine, *, settings: Settings, user_id: str) -> 
                 .order_by(SNAPSHOTS.c.created_at)
             ))
         for snap in candidates:
-            removed = _redact_snapshot(engine, settings.artifacts_dir / snap.path, snap.id, pairs)
+            removed = _redact(engine, settings, snap, pairs)
             if removed:
                 redacted[snap.id] = removed
     versions: list[dict[str, Any]] = []

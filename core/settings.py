@@ -82,6 +82,22 @@ class Settings(BaseSettings):
         "0 keeps none."
     )
     checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
+
+    # Artifacts: a local folder or an S3-compatible bucket (core.artifact_store).
+    artifact_url: str = Field(
+        "", description="Where snapshots, adapter versions and checkpoints live: empty = data_dir/artifacts, "
+        "or s3://bucket/prefix (shared by API and workers on different hosts)."
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint for non-AWS stores (MinIO, SeaweedFS, ...).")
+    download_redirect: Literal["stream", "presigned"] = Field(
+        "stream", description="Downloads from an S3 store: 'stream' through the API, or 'presigned' (302 to a "
+        "presigned URL of the store)."
+    )
+    presigned_expires_s: int = Field(900, ge=1, le=7 * 86400, description="Lifetime of a presigned download URL.")
+    artifact_orphan_grace_s: float = Field(
+        3600.0, ge=0, description="Unreferenced artifacts younger than this may belong to a write in flight and "
+        "are kept by the orphan sweep."
+    )
     base_model_dirs: list[Path] = Field(
         default_factory=list,
         description="Folders (JSON list) base models may be registered from, besides data_dir/models.",

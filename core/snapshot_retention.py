@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.artifact_store import get_store
 from core.models import AdapterVersion, AlignmentJob, Snapshot, utcnow
 from core.settings import Settings
-from core.snapshots import snapshot_path
+from core.snapshots import snapshot_key
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ def expire_snapshots(session: Session, *, settings: Settings, now: datetime | No
                Snapshot.id.not_in(in_use))
         .with_for_update()
     ).all()
+    store = get_store(settings)
     for snap in stale:
-        snapshot_path(settings, snap).unlink(missing_ok=True)
+        store.delete([snapshot_key(snap)])
         snap.status = EXPIRED
         snap.path = None
     if stale:

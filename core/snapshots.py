@@ -33,7 +33,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from core import metrics as telemetry
+from core.artifact_store import get_store
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import FeedbackEvent, Snapshot, Vote, new_id, utcnow
 from core.settings import Settings
@@ -237,8 +237,15 @@ def _selected(rows: Iterable, filters: SnapshotFilters, *, snapshot_id: str) -> 
             yield row
 
 
+def snapshot_key(snapshot: Snapshot) -> str:
+    """The snapshot file's key in the artifact store (its id is random: no reader guesses it before the
+    row commits, so an upload that dies first leaves only an orphan for core.artifact_sweep)."""
+    return f"snapshots/{snapshot.id}.jsonl"
+
+
 def snapshot_path(settings: Settings, snapshot: Snapshot) -> Path:
-    return settings.artifacts_dir / "snapshots" / f"{snapshot.id}.jsonl"
+    """The file on the local disk (the local store only)."""
+    return settings.artifacts_dir / snapshot_key(snapshot)
 
 
 def _encode(row: dict) -> bytes:
@@ -255,39 +262,30 @@ def create_snapshot(
 ) -> Snapshot:
     """Build a snapshot from the counted votes received up to now; flushes, the caller commits.
 
-    The JSONL file is written under a temporary name and renamed into place
-    before the row is added, so a visible row always has its whole file.
+    The JSONL file is stored whole (written under a temporary name and renamed into
+    place, or uploaded) before the row is added, so a visible row always has its whole file.
     """
     filters, options = parse_filters(filters), parse_options(options)
     cutoff = utcnow()
     snapshot = Snapshot(id=new_id(), status="ready", cutoff=cutoff, created_by_key_id=created_by_key_id,
                         filters=filters.model_dump(mode="json"), options=options.model_dump(mode="json"))
-    final = snapshot_path(settings, snapshot)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
+    key = snapshot_key(snapshot)
 
     digest, n_desirable, n_undesirable = hashlib.sha256(), 0, 0
-    try:
-        with _streamed(session, _votes_query(filters, cutoff)) as result, open(tmp, "wb", buffering=1 << 20) as fh:
-            votes = _selected(result, filters, snapshot_id=snapshot.id)
-            for row in _aggregate(votes, options):
-                line = _encode(row)
-                fh.write(line)
-                digest.update(line)
-                if row["label"]:
-                    n_desirable += 1
-                else:
-                    n_undesirable += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _streamed(session, _votes_query(filters, cutoff)) as result, get_store(settings).writer(key) as fh:
+        votes = _selected(result, filters, snapshot_id=snapshot.id)
+        for row in _aggregate(votes, options):
+            line = _encode(row)
+            fh.write(line)
+            digest.update(line)
+            if row["label"]:
+                n_desirable += 1
+            else:
+                n_undesirable += 1
     snapshot.content_hash = digest.hexdigest()
     snapshot.n_desirable, snapshot.n_undesirable = n_desirable, n_undesirable
     snapshot.n_rows = n_desirable + n_undesirable
-    snapshot.path = final.relative_to(settings.artifacts_dir).as_posix()
+    snapshot.path = key
     session.add(snapshot)
     session.flush()
     log.info("snapshot %s: %d rows (%d desirable, %d undesirable), sha256 %s", snapshot.id, snapshot.n_rows,
@@ -305,11 +303,13 @@ def get_snapshot(session: Session, *, snapshot_id: str) -> Snapshot:
 
 def iter_snapshot_rows(settings: Settings, snapshot: Snapshot) -> Iterator[dict]:
     """Yield the rows of a snapshot; raises Conflict at the end if the file no longer matches its hash."""
-    path = snapshot_path(settings, snapshot)
-    if not path.is_file():
-        raise NotFound(f"the file of snapshot {snapshot.id} is missing ({path}); take a new snapshot")
+    try:
+        fh = get_store(settings).open(snapshot_key(snapshot))
+    except NotFound:
+        raise NotFound(f"the file of snapshot {snapshot.id} is missing ({snapshot_key(snapshot)}); "
+                       "take a new snapshot") from None
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with fh:
         for line in fh:
             digest.update(line)
             yield json.loads(line)

@@ -123,3 +123,7 @@ def settings(tmp_path, db_url) -> Settings:
         result_backend=f"db+sqlite:///{tmp_path / 'results.db'}",
         register_bundled_model=False,
     )
+
+
+# A SeaweedFS S3 endpoint for the artifact-store tests (skipped where `weed` cannot start).
+from tests.s3kit import s3_bucket, s3_server  # noqa: F401

@@ -1,7 +1,8 @@
 """Work a worker does once when it starts, without delaying its first task.
 
 1. ``core.adapters.cleanup_leftovers``: half-published adapter folders of a
-   crashed worker are removed.
+   crashed worker are removed; ``core.artifact_sweep`` removes unreferenced
+   objects from the artifact store (an S3 bucket too).
 2. When ``register_bundled_model`` is set: the bundled SmolLM2-135M-Instruct is
    converted once to safetensors under ``<models_dir>/<bundled_model_name>``
    and registered as the base model ``bundled_model_name``. Conversion is
@@ -44,10 +45,14 @@ def cleanup(settings: Settings) -> list[Path]:
     """Half-published adapter folders, and checkpoints / staging folders of jobs that are not
     queued or running (a job that may still resume keeps its checkpoint). Returns what was removed."""
     from core.adapters import cleanup_leftovers
+    from core.artifact_store import get_store
+    from core.artifact_sweep import sweep_orphans
 
     engine = get_engine(settings)
     with session_scope(engine) as s:
         removed = list(cleanup_leftovers(settings, s))
+    with session_scope(engine) as s:  # objects of crashed uploads, finished jobs' checkpoints in the store
+        sweep_orphans(get_store(settings), s, grace_s=settings.artifact_orphan_grace_s)
     # checkpoints/<job id>, staging/job-<job id>-<claim token>
     for folder, job_of in ((settings.data_path / "checkpoints", lambda name: name),
                            (settings.data_path / "staging", lambda name: name.removeprefix("job-").split("-")[0])):

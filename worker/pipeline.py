@@ -11,7 +11,8 @@ the job's ``succeeded`` in one transaction that first checks the token and
 the cancel flag under a row lock: a job publishes at most once. A
 redelivered job (worker killed, task redelivered or re-queued by the reaper)
 keeps its snapshot and resumes from its last checkpoint under
-``<data>/checkpoints/<job id>``.
+``<data>/checkpoints/<job id>``, fetched from the artifact store when another host wrote it
+(``worker.checkpoints``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sqlalchemy.exc import OperationalError
 
 from core import jobs
 from core import metrics as telemetry
+from core.artifact_store import get_store
 from core.base_models import verify_base_model
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError
@@ -45,6 +47,7 @@ from core.models import AlignmentJob, BaseModelRecord, Snapshot, utcnow
 from core.refused import keep_refused
 from core.settings import Settings
 from core.snapshots import create_snapshot, get_snapshot, iter_snapshot_rows
+from worker.checkpoints import CheckpointMirror
 from worker.gate import HeldoutRow
 from worker.gate import bootstrap as gate_bootstrap
 from worker.gate import decide as gate_decide
@@ -72,8 +75,12 @@ class Outcome:
 
 
 def checkpoint_dir(settings: Settings, job_id: str) -> Path:
-    """Per job: a later attempt (on this host) resumes from it."""
+    """Per job: a later attempt (on this host, or another one through the artifact store) resumes from it."""
     return settings.data_path / "checkpoints" / job_id
+
+
+def checkpoint_mirror(settings: Settings, job_id: str) -> CheckpointMirror:
+    return CheckpointMirror(get_store(settings), job_id, checkpoint_dir(settings, job_id))
 
 
 def staging_dir(settings: Settings, job_id: str, token: str) -> Path:
@@ -269,7 +276,7 @@ def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, wo
             run.release()
     telemetry.job_ended(status, (utcnow() - started_at).total_seconds())
     if status in jobs.TERMINAL:
-        shutil.rmtree(checkpoint_dir(settings, job_id), ignore_errors=True)
+        checkpoint_mirror(settings, job_id).remove()
     return Outcome("run", status=status)
 
 
@@ -430,8 +437,11 @@ class _Run:
     def _train(self, live: Liveness, model, tokenizer, rows: Callable[[], Iterator[dict]], config, *, reload):
         from alignment.train import CheckpointMismatch, TrainingCancelled, train_kto
 
-        ckpt = checkpoint_dir(self.settings, self.job_id)
-        train_kto = functools.partial(train_kto, on_phase=self._report_phase)  # "reference pass n/N" before step 1
+        mirror = checkpoint_mirror(self.settings, self.job_id)
+        ckpt = mirror.folder
+        mirror.restore()  # written by a worker on another host that died
+        # "reference pass n/N" before step 1; each checkpoint copied to the store
+        train_kto = functools.partial(train_kto, on_phase=self._report_phase, on_checkpoint=mirror.push)
         try:
             try:
                 return train_kto(model, tokenizer, rows(), config, on_progress=self._on_progress,
@@ -439,7 +449,7 @@ class _Run:
             except CheckpointMismatch as exc:
                 # E.g. written by a GPU worker in bf16, and this is a CPU worker: start afresh.
                 log.warning("job %s: %s; starting from scratch", self.job_id, exc)
-                shutil.rmtree(ckpt, ignore_errors=True)
+                mirror.remove()
                 return train_kto(reload(), tokenizer, rows(), config, on_progress=self._on_progress,
                                  should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
         except TrainingCancelled:

@@ -1,4 +1,5 @@
-"""Celery task ``prospect.snapshots.expire`` (beat, queue ``default``): snapshot retention."""
+"""Celery task ``prospect.snapshots.expire`` (beat, queue ``default``): snapshot retention, and the
+artifact store's orphan sweep (``core.artifact_sweep``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
+from core.artifact_store import get_store
+from core.artifact_sweep import sweep_orphans
 from core.db import get_engine, session_scope
 from core.refused import expire_refused
 from core.settings import get_settings
@@ -21,4 +24,7 @@ def expire() -> list[str]:
     if removed:
         logging.getLogger(__name__).info("deleted the kept adapters of refused jobs %s", ", ".join(removed))
     with session_scope(get_engine(settings)) as s:
-        return expire_snapshots(s, settings=settings)
+        expired = expire_snapshots(s, settings=settings)
+    with session_scope(get_engine(settings)) as s:
+        sweep_orphans(get_store(settings), s, grace_s=settings.artifact_orphan_grace_s)
+    return expired

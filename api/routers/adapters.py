@@ -7,16 +7,21 @@ answer 304 to a matching If-None-Match.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
+from api.artifact_response import artifact_response
 from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.http_cache import not_modified, quoted
 from api.queue import commit_and_kick
 from api.schemas.adapters import AdapterOut, AdapterVersionOut, AliasIn, AliasMoveOut, AliasOut
 from core import adapters
+from core.adapter_objects import tarball_key
+from core.artifact_store import get_store
+from core.errors import NotFound
 from core.keys import Principal
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
@@ -75,6 +80,11 @@ def download(name: str, version_or_alias: str, request: Request, session: Sessio
     if cached is not None:
         return cached
     filename = f"{v.adapter_name}-v{v.version}.tar.gz"
+    if get_store(settings).local_root is None:  # the tarball stored at publish: one object
+        with contextlib.suppress(NotFound):  # not for versions copied from a local install: built below
+            return artifact_response(settings, tarball_key(v), sha256=v.tarball_sha256, filename=filename,
+                                     media_type="application/gzip", headers={"X-Adapter-Version": str(v.version)},
+                                     missing="no stored tarball")
     return StreamingResponse(adapters.iter_tarball(settings, v), media_type="application/gzip", headers={
         "ETag": quoted(v.tarball_sha256), "Content-Disposition": f'attachment; filename="{filename}"',
         "X-Adapter-Version": str(v.version)})
@@ -87,8 +97,9 @@ def get_file(name: str, version_or_alias: str, filename: str, request: Request, 
     """Only the files the manifest lists, and manifest.json; any other name is a 404."""
     v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
     session.close()  # as for download
-    path, sha = adapters.version_file(settings, v, filename)
-    return not_modified(request, sha) or FileResponse(path, filename=path.name, headers={"ETag": quoted(sha)})
+    key, sha = adapters.version_file_key(v, filename)
+    return not_modified(request, sha) or artifact_response(
+        settings, key, sha256=sha, filename=filename, missing=f"{filename} of {v.adapter_name} v{v.version} is missing")
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasOut, summary="Move an alias", responses=ERRORS)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse
 
+from api.artifact_response import artifact_response
 from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
-from api.http_cache import not_modified, quoted
+from api.http_cache import not_modified
 from api.schemas.snapshots import SnapshotIn, SnapshotOut
 from core import snapshots
-from core.errors import NotFound
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 
@@ -48,8 +47,6 @@ def export_snapshot(snapshot_id: str, request: Request, session: SessionDep, set
     cached = not_modified(request, snap.content_hash)
     if cached is not None:
         return cached
-    path = snapshots.snapshot_path(settings, snap)
-    if not path.is_file():
-        raise NotFound(f"the file of snapshot {snap.id} is missing; take a new snapshot")
-    return FileResponse(path, media_type="application/jsonl", filename=f"snapshot-{snap.id}.jsonl",
-                        headers={"ETag": quoted(snap.content_hash)})
+    return artifact_response(settings, snapshots.snapshot_key(snap), sha256=snap.content_hash,
+                             filename=f"snapshot-{snap.id}.jsonl", media_type="application/jsonl",
+                             missing=f"the file of snapshot {snap.id} is missing; take a new snapshot")

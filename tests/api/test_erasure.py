@@ -127,3 +127,34 @@ def test_a_crash_between_the_row_and_the_file_is_finished_by_the_next_run(world,
     assert hashlib.sha256(raw).hexdigest() == snap["content_hash"] and SECRET.encode() not in raw
     with session_scope(world["engine"]) as s:
         assert s.scalar(select(Snapshot.n_rows).where(Snapshot.id == after_id)) == 2
+
+
+def test_erasure_rewrites_snapshots_in_an_s3_store(settings, s3_server, s3_bucket, monkeypatch):
+    """The snapshot object is rewritten (through a local copy); a crash between the row and the upload
+    is finished by the next run, as on disk."""
+    from tests.s3kit import s3_settings
+
+    s3 = s3_settings(settings, s3_server, s3_bucket)
+    client, h = make_api(s3)
+    for ev in (_ev("a1", "alice", "up", prompt=SECRET, response="answer one"),
+               _ev("b1", "bob", "down", prompt="bob's prompt", response="bob's answer")):
+        assert client.post("/v1/feedback", json=ev, headers=h["ingest"]).status_code == 201
+    snap = client.post("/v1/snapshots", json={}, headers=h["train"]).json()
+    real_put = erasure.get_store(s3).put_file
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed after the commit, before the upload")
+
+    monkeypatch.setattr(erasure.get_store(s3), "put_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        erasure.erase_user_feedback(client.app.state.engine, settings=s3, user_id="alice")
+    monkeypatch.setattr(erasure.get_store(s3), "put_file", real_put)
+    assert SECRET.encode() in client.get(f"/v1/snapshots/{snap['id']}/export", headers=h["read"]).content
+
+    r = client.delete("/v1/users/alice/feedback", headers=h["admin"]).json()
+    assert r["snapshot_rows_removed"] == 1
+    fresh = client.get(f"/v1/snapshots/{snap['id']}", headers=h["read"]).json()
+    raw = client.get(f"/v1/snapshots/{snap['id']}/export", headers=h["read"]).content
+    assert SECRET.encode() not in raw and b"bob's prompt" in raw
+    assert hashlib.sha256(raw).hexdigest() == fresh["content_hash"] and fresh["n_rows"] == 1
+    assert not any((s3.data_path / "tmp").rglob("*.jsonl"))  # the local copy is gone

@@ -1,0 +1,66 @@
+"""A job's training checkpoint in the artifact store, so that a job resumes on *another* host.
+
+Training writes its checkpoint to a local folder (``<data>/checkpoints/<job id>``, atomically,
+``alignment.train``). With an S3 store every checkpoint is then uploaded to
+``checkpoints/<job id>/checkpoint.pt`` (a PUT replaces the object whole), and a delivery first
+downloads it when the store's copy is newer than the local one (or there is none): a worker that
+died takes only its unsaved steps with it. With the local store the folder is the checkpoint and
+nothing is copied. A failed upload is logged, not fatal: the next checkpoint tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.artifact_store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"  # alignment.train.CHECKPOINT_FILE (this module does not import torch)
+
+
+@dataclass(frozen=True)
+class CheckpointMirror:
+    store: ArtifactStore
+    job_id: str
+    folder: Path  # the local checkpoint folder training reads and writes
+
+    @property
+    def key(self) -> str:
+        return f"checkpoints/{self.job_id}/{CHECKPOINT_FILE}"
+
+    @property
+    def remote(self) -> bool:
+        return self.store.local_root is None
+
+    def restore(self) -> bool:
+        """Fetch the store's checkpoint when it is newer than the local one; True if one was fetched."""
+        if not self.remote:
+            return False
+        entry = self.store.stat(self.key)
+        local = self.folder / CHECKPOINT_FILE
+        if entry is None or (local.is_file() and local.stat().st_mtime >= entry.mtime):
+            return False
+        self.store.get_file(self.key, local)
+        log.info("job %s: fetched its checkpoint from the artifact store (%d bytes)", self.job_id, entry.size)
+        return True
+
+    def push(self, file: Path) -> None:
+        if not self.remote:
+            return
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.store.put_file(self.key, file)
+        except (S3UploadFailedError, BotoCoreError, ClientError, OSError) as exc:  # the store blinked: training goes on, the next checkpoint retries
+            log.warning("job %s: could not upload its checkpoint to the artifact store: %s", self.job_id, exc)
+
+    def remove(self) -> None:
+        """The job is over (or its checkpoint does not fit this run): drop both copies."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.remote:
+            self.store.delete_prefix(f"checkpoints/{self.job_id}")
