@@ -180,6 +180,10 @@ def pin_model_folder(
 
     Touches no database: a caller hashes first, then opens its transaction."""
     local = Path(source).expanduser()
+    try:
+        local.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL
+        raise InvalidInput(f"{source[:200]!r} is not a usable path: {exc.__class__.__name__}") from None
     if local.is_dir():
         folder = local.resolve()
         _check_allowed(folder, settings, source)
