@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import IngestKey, ReadKey, RetractKey
-from api.schemas import IsoDateTime
+from api.schemas import DB_INT_MAX, IsoDateTime
 from api.schemas.feedback import (
     BatchOut,
     FeedbackEventIn,
@@ -199,15 +199,15 @@ def _check_import_body(request: Request, body: bytes) -> None:
         "stores nothing new. With ?source=openwebui|librechat|langfuse|langsmith|chatgpt: that tool's export, "
         "as JSON, JSONL or a zip / tar.gz of its files (see the README)."),
         "content": {"application/x-ndjson": {"schema": {"type": "string"}},
-                    "application/json": {"schema": {"anyOf": [{"type": "array", "items": {"type": "object"}},
-                                                              {"type": "object"}]}},
+                    # Rows are checked one by one (a bad one is reported in errors): any list, or an export.
+                    "application/json": {"schema": {"anyOf": [{"type": "array"}, {"type": "object"}]}},
                     "application/zip": {"schema": {"type": "string", "format": "binary"}},
                     "application/gzip": {"schema": {"type": "string", "format": "binary"}}}}},
 )
 async def import_dataset(
     request: Request, principal: IngestKey, params: Annotated[ImportParams, Query()], model: ModelQ = None,
     adapter: Annotated[str | None, Query(max_length=200, description="The adapter that served every row.")] = None,
-    adapter_version: Annotated[int | None, Query(ge=1, description="Its version (with adapter).")] = None,
+    adapter_version: Annotated[int | None, Query(ge=1, le=DB_INT_MAX, description="Its version (with adapter).")] = None,
 ) -> Response:
     """One transaction; returns counts, the skipped records and the first errors (with their line or record).
     TRL rows are decoded and written a chunk at a time in a worker thread (413 over max_import_rows)."""
