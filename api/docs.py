@@ -27,14 +27,35 @@ COMMON_ERRORS = {
 }
 WITH_BODY = {"400": "The body could not be read (e.g. not UTF-8).", "413": "The body is over the size limit."}
 WITH_PATH_PARAMS = {"404": "No such resource."}
+# Rules JSON Schema cannot state (they span fields, or depend on what the server holds): a request valid by
+# the schema may still get a 422 that names the rule. Appended to each operation's 422 description; the
+# schemathesis test (tests/api/test_schemathesis.py) accepts a 422 on exactly these operations.
+SERVER_RULES = {
+    ("POST", "/v1/base-models"): "source must be a model folder on the server (config.json and top-level "
+    "*.safetensors) under the models folder or PROSPECT_BASE_MODEL_DIRS.",
+    ("POST", "/v1/feedback"): "exactly one of prompt and messages; messages end with a user turn; adapter and "
+    "adapter_version together (or model as '<adapter>-v<n>'); created_at at most 5 minutes ahead; metadata "
+    "within the server's depth and size limits, without NUL; event_id not batch, stats, export or import.",
+    ("POST", "/v1/feedback/import"): "adapter and adapter_version together; the body is rows or an export "
+    "of the named source (per-row problems are reported in errors, not refused).",
+    ("POST", "/v1/jobs"): "config values within KTOConfig's ranges and this server's job limits; snapshot_id "
+    "or snapshot_filters, not both; snapshot_filters.since earlier than until.",
+    ("POST", "/v1/policies"): "config values within KTOConfig's ranges and this server's job limits; "
+    "snapshot_filters.since earlier than until.",
+    ("POST", "/v1/snapshots"): "filters.since earlier than filters.until.",
+    ("PUT", "/v1/adapters/{name}/aliases/{alias}"): "the alias is not 'latest' (it moves only on publish).",
+}
 ERROR_BODY = {"application/json": {"schema": {
     "type": "object", "required": ["detail"],
     "properties": {"detail": {"type": "string"}, "errors": {}},
 }}}
 
 
-def _document_common_errors(operation: dict, *, has_path_params: bool) -> None:
+def _document_common_errors(operation: dict, *, has_path_params: bool, rules: str | None) -> None:
     responses = operation.setdefault("responses", {})
+    if rules:
+        invalid = responses.setdefault("422", {"description": COMMON_ERRORS["422"]})
+        invalid["description"] = f"{invalid['description']} Besides the schema: {rules}"
     extra = {**COMMON_ERRORS, **(WITH_BODY if "requestBody" in operation else {}),
              **(WITH_PATH_PARAMS if has_path_params else {})}
     for status, description in extra.items():
@@ -75,9 +96,10 @@ def install_docs(app: FastAPI) -> None:
             schema.setdefault("components", {})["securitySchemes"] = {SCHEME: BEARER}
             for path, operations in schema.get("paths", {}).items():
                 if path.startswith("/v1/"):  # the guard authenticates exactly these
-                    for operation in operations.values():
+                    for method, operation in operations.items():
                         operation["security"] = [{SCHEME: []}]
-                        _document_common_errors(operation, has_path_params="{" in path)
+                        _document_common_errors(operation, has_path_params="{" in path,
+                                                rules=SERVER_RULES.get((method.upper(), path)))
             app.openapi_schema = schema
         return app.openapi_schema
 

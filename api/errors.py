@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from api.schemas import PATTERN_RULES
 from core.base_models import NAME_RE, NAME_RULE
 from core.errors import (
     Conflict,
@@ -139,6 +140,8 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
         if err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == NAME_RE.pattern:
             what = {"adapter": "adapter ", "base_model": "base model "}.get(str(err["loc"][-1]), "")
             message = f"invalid {what}name {err.get('input')!r}: use {NAME_RULE}"
+        elif err.get("type") == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") in PATTERN_RULES:
+            message = PATTERN_RULES[err["ctx"]["pattern"]]
         errors.append({"field": loc, "message": message, "type": err.get("type")})
     summary = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors[:5])
     return JSONResponse(error_body(f"invalid request: {summary}", errors), status_code=422)

@@ -180,6 +180,10 @@ def pin_model_folder(
 
     Touches no database: a caller hashes first, then opens its transaction."""
     local = Path(source).expanduser()
+    try:
+        local.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL
+        raise InvalidInput(f"{source[:200]!r} is not a usable path: {exc.__class__.__name__}") from None
     if local.is_dir():
         folder = local.resolve()
         _check_allowed(folder, settings, source)
@@ -266,31 +270,77 @@ def get_base_model_or_none(session: Session, *, name: str) -> BaseModelRecord | 
     return session.scalar(select(BaseModelRecord).where(BaseModelRecord.name == name))
 
 
-BUNDLED_RETRY_AFTER_S = 10.0
+PREPARING, READY, FAILED = "preparing", "ready", "failed"
 
 
 def get_base_model(session: Session, *, name: str, preparing: str | None = None) -> BaseModelRecord:
-    """The registered model ``name``. ``preparing``: the bundled model's name while the worker may still be
-    converting it (the first half-minute after a first start): asking for it then is a 503 to retry, not
-    a 404."""
+    """The registered model ``name``. ``preparing``: the bundled model's name, which the worker may still be
+    converting (the first half-minute after a first start): asked for then, it is registered at once as
+    ``preparing`` and returned, so a job for it waits queued until it is ready. Flushes that registration;
+    the caller commits."""
     record = get_base_model_or_none(session, name=name)
     if record is None and name == preparing:
-        raise Unavailable(
-            f"the bundled base model {name!r} is not registered yet: the worker converts it once, in about half "
-            "a minute after the first start; try again in a few seconds (GET /readyz shows it under "
-            "base_models; if it stays 'preparing', see the worker's log in the data folder)",
-            retry_after=BUNDLED_RETRY_AFTER_S)
+        record = _register_preparing(session, name=name)
     if record is None:
         raise NotFound(f"no base model named {name!r}; see GET /v1/base-models or `prospect models list`")
+    if record.status == FAILED:
+        raise Conflict(f"base model {name!r} could not be prepared: {record.error}; restart the worker to try "
+                       "again (its log is in the data folder)")
+    return record
+
+
+def _register_preparing(session: Session, *, name: str) -> BaseModelRecord:
+    placeholder = BaseModelRecord(name=name, source="bundled", path="", sha256="", status=PREPARING)
+    try:
+        with session.begin_nested():
+            session.add(placeholder)
+    except IntegrityError:  # registered meanwhile (by the worker or another request)
+        return get_base_model_or_none(session, name=name)
+    log.info("base model %s registered as preparing: jobs for it wait until the worker has converted it", name)
+    return placeholder
+
+
+def finish_preparing(session: Session, *, settings: Settings, name: str, source: str) -> BaseModelRecord:
+    """Pin ``source`` and make the ``preparing`` (or ``failed``) record ``name`` ready, or register it when
+    there is none. Hashes before it writes. Flushes; the caller commits."""
+    pinned = pin_model_folder(settings, name=name, source=source, allow_download=False)
+    record = get_base_model_or_none(session, name=name)
+    if record is None:
+        try:
+            with session.begin_nested():
+                record = BaseModelRecord(name=name, source=source, path="", sha256="", status=PREPARING)
+                session.add(record)
+        except IntegrityError:  # another worker registered it first
+            record = get_base_model_or_none(session, name=name)
+    if record.status == READY:
+        return record
+    record.source, record.path, record.sha256 = source, str(pinned.folder), pinned.sha256
+    record.files, record.architecture, record.status, record.error = pinned.files, pinned.architecture, READY, None
+    session.flush()
+    log.info("base model %s ready at %s (sha256 %s)", name, pinned.folder, pinned.sha256)
+    return record
+
+
+def fail_preparing(session: Session, *, name: str, error: str) -> BaseModelRecord:
+    """Mark ``name`` failed with ``error`` (registering it so when absent). Flushes; the caller commits."""
+    record = get_base_model_or_none(session, name=name) or BaseModelRecord(name=name, source="bundled", path="",
+                                                                          sha256="")
+    if record.status == READY:
+        return record
+    record.status, record.error = FAILED, error[:2000]
+    session.add(record)
+    session.flush()
     return record
 
 
 def bundled_model_state(session: Session, settings: Settings) -> dict[str, str]:
-    """{name: "ready" | "preparing"} of the bundled model, or {} when it is not registered on start."""
+    """{name: "ready" | "preparing" | "failed"} of the bundled model, or {} when it is not registered on
+    start."""
     if not settings.register_bundled_model:
         return {}
     name = settings.bundled_model_name
-    return {name: "ready" if get_base_model_or_none(session, name=name) is not None else "preparing"}
+    record = get_base_model_or_none(session, name=name)
+    return {name: record.status if record is not None else PREPARING}
 
 
 def list_base_models(session: Session) -> list[BaseModelRecord]:

@@ -94,8 +94,8 @@ def start(
 
 
 def _post_job(client: Client, body: dict) -> dict:
-    """POST /v1/jobs; while the API answers 503 (the bundled model is still being converted on a first
-    start, or the database is busy) wait and try again, up to RETRY_FOR_S."""
+    """POST /v1/jobs; while the API answers 503 (e.g. the database is busy) wait and try again, up to
+    RETRY_FOR_S. (A job for the bundled model while it is converted is queued at once: it waits.)"""
     deadline = time.monotonic() + RETRY_FOR_S
     while True:
         try:

@@ -72,9 +72,11 @@ def models_list(as_json: JsonOption = False) -> None:
     """List registered base models."""
     with session_scope(database_engine()) as session:
         rows = [{"name": r.name, "architecture": r.architecture, "sha256": r.sha256, "path": r.path,
-                 "source": r.source, "created_at": r.created_at.isoformat(timespec="seconds")}
+                 "source": r.source, "status": r.status, "error": r.error,
+                 "created_at": r.created_at.isoformat(timespec="seconds")}
                 for r in base_models.list_base_models(session)]
-    print_rows(rows, {"name": lambda r: r["name"], "architecture": lambda r: r["architecture"],
+    print_rows(rows, {"name": lambda r: r["name"], "status": lambda r: r["status"],
+                      "architecture": lambda r: r["architecture"],
                       "sha256": lambda r: r["sha256"][:16] + "…", "path": lambda r: r["path"],
                       "created": lambda r: r["created_at"]}, as_json=as_json)
 

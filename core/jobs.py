@@ -42,9 +42,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.base_models import check_name, get_base_model
+from core.base_models import FAILED, PREPARING, check_name, get_base_model
 from core.errors import Conflict, InvalidInput, NotFound
-from core.models import JOB_STATUSES, AlignmentJob, JobMetric, Snapshot, utcnow
+from core.models import JOB_STATUSES, AlignmentJob, BaseModelRecord, JobMetric, Snapshot, utcnow
 from core.snapshots import parse_filters, parse_options
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def create_job(
     preparing_model: str | None = None,
 ) -> AlignmentJob:
     """A queued job. ``config`` must already be validated (``alignment.config.KTOConfig``).
-    ``preparing_model``: the bundled model's name, which may not be registered yet (a 503 to retry).
+    ``preparing_model``: the bundled model's name, which may not be converted yet: the job then waits queued
+    until it is ready (core.base_models.get_base_model).
 
     ``snapshot_filters`` (``core.snapshots.SnapshotFilters``: model, metadata
     tags, since, until) select the votes of the snapshot the job takes when it
@@ -319,6 +320,12 @@ def claim_job(
     if job.cancel_requested:
         _finish(job, "cancelled", now=now)
         return Claim("skip", "cancelled before it started")
+    base = session.get(BaseModelRecord, job.base_model_id)
+    if base.status == PREPARING:
+        return Claim("busy", f"waiting for base model {base.name!r}, which the worker is still preparing")
+    if base.status == FAILED:
+        _finish(job, "failed", now=now, error=preparation_failed(base))
+        return Claim("skip", "its base model could not be prepared")
     if job.status == "running":
         if _holder_alive(job, me=worker, heartbeat_timeout_s=heartbeat_timeout_s, now=now):
             return Claim("duplicate", f"running in {job.worker} (heartbeat {job.heartbeat_at:%H:%M:%S})")
@@ -345,6 +352,21 @@ def claim_job(
         return Claim("busy", f"another job of adapter {job.adapter_name!r} is running")
     log.info("job %s: attempt %d/%d in %s", job_id, attempt, job.max_attempts, worker)
     return Claim("run", "claimed", attempt, token)
+
+
+def preparation_failed(base: BaseModelRecord) -> str:
+    return (f"base model {base.name!r} could not be prepared: {base.error}; restart the worker to try again, "
+            "then start the job again")
+
+
+def fail_waiting_jobs(session: Session, *, base: BaseModelRecord) -> list[str]:
+    """Fail the queued jobs of a base model whose preparation failed; their ids. Flushes."""
+    waiting = list(session.scalars(select(AlignmentJob).where(
+        AlignmentJob.base_model_id == base.id, AlignmentJob.status == "queued")))
+    for job in waiting:
+        _finish(job, "failed", now=utcnow(), error=preparation_failed(base))
+    session.flush()
+    return [job.id for job in waiting]
 
 
 def _owned(session: Session, *, job_id: str, token: str) -> AlignmentJob:

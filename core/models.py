@@ -169,6 +169,10 @@ class BaseModelRecord(Base):
     architecture: Mapped[str | None] = mapped_column(String(200))
     created_by_key_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # ready; preparing: the bundled model's name, registered at once, while the worker converts it (jobs for
+    # it wait queued); failed: the conversion failed (``error`` says why; its jobs fail with it).
+    status: Mapped[str] = mapped_column(String(20), default="ready", server_default="ready")
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class TrainingPolicy(Base):

@@ -39,7 +39,10 @@ def create_target(session: Session, *, name: str, kind: str, url: str, adapter_n
     check_name(adapter_name, what="adapter")
     if kind not in KINDS:
         raise _bad("kind", f"must be one of {', '.join(KINDS)}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a bracketed host that is no IPv6 address: "http://[0]"
+        raise _bad("url", "must be an absolute http:// or https:// URL") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise _bad("url", "must be an absolute http:// or https:// URL")
     if kind == "vllm" and not adapter_root:

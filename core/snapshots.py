@@ -49,6 +49,7 @@ from sqlalchemy.pool import NullPool
 from core import metrics as telemetry
 from core.artifact_store import get_store
 from core.errors import Conflict, InvalidInput, NotFound
+from core.isotime import IsoDateTime
 from core.models import FeedbackEvent, Snapshot, Vote, new_id, utcnow
 from core.settings import Settings
 
@@ -64,8 +65,9 @@ class SnapshotFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = Field(None, description="Only votes at or after this time (inclusive).")
-    until: datetime | None = Field(None, description="Only votes before this time (exclusive).")
+    since: IsoDateTime | None = Field(None, description="Only votes at or after this time (inclusive), ISO 8601; "
+                                      "earlier than until.")
+    until: IsoDateTime | None = Field(None, description="Only votes before this time (exclusive), ISO 8601.")
     model: str | None = Field(None, description="Only feedback on responses of this model / adapter version.")
     metadata: dict[str, TagValue] = Field(
         default_factory=dict, description="Only events whose metadata has each key equal to the value."

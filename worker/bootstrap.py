@@ -28,9 +28,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from core.base_models import get_base_model_or_none, register_base_model
+from core import jobs
+from core.base_models import PREPARING, READY, fail_preparing, finish_preparing, get_base_model_or_none
 from core.db import get_engine, session_scope
-from core.errors import Conflict
+from core.errors import DomainError
 from core.logging import configure_logging
 from core.models import AlignmentJob, BaseModelRecord
 from core.settings import Settings, get_settings
@@ -69,24 +70,32 @@ def cleanup(settings: Settings) -> list[Path]:
 
 
 def ensure_bundled_model(settings: Settings) -> BaseModelRecord:
-    """Convert (once) and register the bundled model; returns its record."""
+    """Convert (once) and register the bundled model; returns its record. Its name may already be registered
+    as ``preparing`` (a job asked for it): that record becomes ready, and its waiting jobs start. When the
+    conversion fails the record is ``failed`` with the error, and the jobs waiting for it fail with it."""
     from alignment.bundled import convert_bundled
 
     engine = get_engine(settings)
     name = settings.bundled_model_name
     with session_scope(engine) as s:
         existing = get_base_model_or_none(s, name=name)
-    if existing is not None:
+    if existing is not None and existing.status == READY:
         log.info("bundled model already registered as %s", name)
         return existing
-    folder = convert_bundled(settings.models_dir / name)
-    log.info("registering the bundled model as %s (hashing its weights)", name)
     try:
+        folder = convert_bundled(settings.models_dir / name)
+        log.info("registering the bundled model as %s (hashing its weights)", name)
         with session_scope(engine) as s:
-            return register_base_model(s, settings=settings, name=name, source=str(folder), allow_download=False)
-    except Conflict:  # another worker registered it first
+            return finish_preparing(s, settings=settings, name=name, source=str(folder))
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, DomainError) else exc.message
+        log.error("the bundled model %s could not be prepared: %s", name, error)
         with session_scope(engine) as s:
-            return get_base_model_or_none(s, name=name)
+            record = fail_preparing(s, name=name, error=error)
+            failed = jobs.fail_waiting_jobs(s, base=record)
+        if failed:
+            log.error("failed %d job(s) waiting for %s: %s", len(failed), name, ", ".join(failed))
+        raise
 
 
 def run(settings: Settings) -> None:
@@ -105,8 +114,22 @@ def _run_child() -> None:
     except subprocess.TimeoutExpired:
         log.error("worker bootstrap did not finish in %d s and was killed; jobs on the bundled model "
                   "cannot start until it is registered (restart the worker to try again)", BOOTSTRAP_TIMEOUT_S)
+        _give_up(get_settings(), f"its conversion did not finish in {BOOTSTRAP_TIMEOUT_S} s and was stopped")
     except subprocess.CalledProcessError as exc:
         log.error("worker bootstrap failed (exit code %s); see its log above", exc.returncode)
+        _give_up(get_settings(), f"the worker's bootstrap exited with code {exc.returncode}")
+
+
+def _give_up(settings: Settings, error: str) -> None:
+    """The bootstrap died: a bundled model still preparing is failed, and so are the jobs waiting for it."""
+    if not settings.register_bundled_model:
+        return
+    with session_scope(get_engine(settings)) as s:
+        record = get_base_model_or_none(s, name=settings.bundled_model_name)
+        if record is None or record.status == PREPARING:
+            record = fail_preparing(s, name=settings.bundled_model_name, error=error)
+        if record.status == "failed":
+            jobs.fail_waiting_jobs(s, base=record)
 
 
 def on_worker_ready(**_kwargs) -> None:

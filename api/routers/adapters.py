@@ -8,9 +8,9 @@ answer 304 to a matching If-None-Match.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.artifact_response import artifact_response
@@ -102,8 +102,14 @@ def get_file(name: str, version_or_alias: str, filename: str, request: Request, 
         settings, key, sha256=sha, filename=filename, missing=f"{filename} of {v.adapter_name} v{v.version} is missing")
 
 
+# An alias a client may move: a name that starts with a letter (a number names a version); 'latest' (which moves
+# only on publish) is the one name of this form refused, with a 422 that says so.
+MovableAlias = Annotated[str, Path(pattern=r"^[a-z][a-z0-9._-]{0,99}$", description=(
+    "The alias, starting with a letter (a number names a version); not 'latest', which moves only on publish."))]
+
+
 @router.put("/{name}/aliases/{alias}", response_model=AliasOut, summary="Move an alias", responses=ERRORS)
-def move_alias(name: str, alias: str, body: AliasIn, session: SessionDep, settings: SettingsDep,
+def move_alias(name: str, alias: MovableAlias, body: AliasIn, session: SessionDep, settings: SettingsDep,
                principal: TrainKey) -> AliasOut:
     """Point the alias at ``version``; with ``expected_version`` a compare-and-swap (409 when stale).
 

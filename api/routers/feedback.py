@@ -19,9 +19,8 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import IngestKey, ReadKey, RetractKey
-from api.schemas import IsoDateTime
+from api.schemas import DB_INT_MAX, IsoDateTime
 from api.schemas.feedback import (
-    BatchIn,
     BatchOut,
     FeedbackEventIn,
     FeedbackEventOut,
@@ -29,6 +28,7 @@ from api.schemas.feedback import (
     IngestOut,
     RetractOut,
     StatsOut,
+    batch_body,
     json_body,
     parse_batch_item,
     parse_event,
@@ -118,7 +118,7 @@ async def post_feedback(request: Request, principal: IngestKey) -> Response:
     response_model=BatchOut,
     summary="Ingest a batch of events",
     responses=ERRORS,
-    openapi_extra=json_body(BatchIn, "Up to max_batch_events events; each is validated on its own."),
+    openapi_extra=batch_body(),
 )
 async def post_batch(request: Request, principal: IngestKey) -> Response:
     """One transaction for the valid items; a result per item, in order: created, duplicate, conflict or
@@ -175,6 +175,18 @@ async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "k
     return StreamingResponse(body, media_type="application/x-ndjson")
 
 
+def _check_import_body(request: Request, body: bytes) -> None:
+    """The body is required; declared JSON must be a list of rows or an export's object (parsed later, a chunk
+    at a time); JSONL goes as application/x-ndjson (or any other type)."""
+    if not body.strip():
+        raise InvalidInput("body: empty; send the rows (JSONL, or a JSON list of objects) or the export file",
+                           details=[{"field": "body", "message": "required"}])
+    declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if declared == "application/json" and body.lstrip()[:1] not in (b"[", b"{"):
+        raise InvalidInput("body: Content-Type application/json but not a JSON list or object; send JSONL "
+                           "as application/x-ndjson", details=[{"field": "body", "message": "not JSON"}])
+
+
 @router.post(
     "/import",
     response_model=ImportOut,
@@ -187,18 +199,20 @@ async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "k
         "stores nothing new. With ?source=openwebui|librechat|langfuse|langsmith|chatgpt: that tool's export, "
         "as JSON, JSONL or a zip / tar.gz of its files (see the README)."),
         "content": {"application/x-ndjson": {"schema": {"type": "string"}},
-                    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+                    # Rows are checked one by one (a bad one is reported in errors): any list, or an export.
+                    "application/json": {"schema": {"anyOf": [{"type": "array"}, {"type": "object"}]}},
                     "application/zip": {"schema": {"type": "string", "format": "binary"}},
                     "application/gzip": {"schema": {"type": "string", "format": "binary"}}}}},
 )
 async def import_dataset(
     request: Request, principal: IngestKey, params: Annotated[ImportParams, Query()], model: ModelQ = None,
     adapter: Annotated[str | None, Query(max_length=200, description="The adapter that served every row.")] = None,
-    adapter_version: Annotated[int | None, Query(ge=1, description="Its version (with adapter).")] = None,
+    adapter_version: Annotated[int | None, Query(ge=1, le=DB_INT_MAX, description="Its version (with adapter).")] = None,
 ) -> Response:
     """One transaction; returns counts, the skipped records and the first errors (with their line or record).
     TRL rows are decoded and written a chunk at a time in a worker thread (413 over max_import_rows)."""
     body = await _read_body(request)
+    _check_import_body(request, body)
     if params.source is not None or params.dry_run:
         settings = request.app.state.settings
         report = await run_in_threadpool(

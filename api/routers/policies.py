@@ -45,7 +45,8 @@ def create_policy(body: PolicyIn, session: SessionDep, settings: SettingsDep, pr
     p = policies.create_policy(
         session, adapter_name=body.adapter, base_model_name=body.base_model, min_new_feedback=body.min_new_feedback,
         min_interval_minutes=body.min_interval_minutes, config=body.config,
-        snapshot_options=body.snapshot_options.model_dump(), rollout=body.rollout,
+        snapshot_options=body.snapshot_options.model_dump(), 
+        rollout=body.rollout.given() if body.rollout is not None else None,
         snapshot_filters=body.snapshot_filters.model_dump(mode="json", exclude_defaults=True),
         created_by_key_id=principal.key_id,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,4 +34,8 @@ class BaseModelOut(BaseModel):
     )
     architecture: str | None
     created_by_key_id: int | None = Field(description="The API key that registered it (None: the CLI or bootstrap).")
+    status: Literal["ready", "preparing", "failed"] = Field(
+        "ready", description="preparing: the bundled model while the worker converts it (jobs for it wait "
+        "queued); failed: the conversion failed (error says why; its jobs failed with it).")
+    error: str | None = None
     created_at: datetime

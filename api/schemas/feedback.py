@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.schemas import EVENT_ID_PATTERN, NO_NUL, PATTERN_RULES, TEXT_PATTERN
 from core.errors import InvalidInput
+from core.isotime import IsoDateTime
+
+# user_id, conversation_id, response_id, model (core.feedback._check_short).
+ShortText = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
 from core.feedback import EventInput, InvalidItem
 
 
@@ -22,7 +27,7 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str = Field(pattern=TEXT_PATTERN)
 
 
 class FeedbackEventIn(BaseModel):
@@ -31,23 +36,23 @@ class FeedbackEventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_id: str | None = Field(
-        None, description="Client idempotency key (1-200 chars of A-Z a-z 0-9 . _ ~ : @ + = -)."
+        None, pattern=EVENT_ID_PATTERN, description="Client idempotency key (1-200 chars of A-Z a-z 0-9 . _ ~ : @ + = -)."
     )
-    prompt: str | None = Field(None, description="The prompt as text.")
+    prompt: str | None = Field(None, pattern=TEXT_PATTERN, description="The prompt as text.")
     messages: list[MessageIn] | None = Field(
-        None, description="The conversation before the response, ending with a user turn."
+        None, min_length=1, description="The conversation before the response, ending with a user turn."
     )
-    response: str = Field(description="The model's response that was judged.")
+    response: str = Field(pattern=TEXT_PATTERN, description="The model's response that was judged.")
     label: Literal["up", "down"]
-    user_id: str | None = None
-    conversation_id: str | None = None
-    response_id: str | None = None
-    model: str | None = Field(None, description="The model or adapter version that produced the response; "
+    user_id: ShortText | None = None
+    conversation_id: ShortText | None = None
+    response_id: ShortText | None = None
+    model: ShortText | None = Field(None, description="The model or adapter version that produced the response; "
                               "'<adapter>-v<n>' is read as adapter and adapter_version when both are absent.")
     adapter: str | None = Field(None, description="The adapter that served the response (with adapter_version).")
     adapter_version: int | None = Field(None, ge=1, strict=True, description="Its version number.")
     metadata: dict[str, Any] | None = None
-    created_at: datetime | None = Field(None, description="When the user voted; default: when received.")
+    created_at: IsoDateTime | None = Field(None, description="When the user voted (ISO 8601); default: when received.")
 
     def to_domain(self) -> EventInput:
         return EventInput(
@@ -151,7 +156,8 @@ def validation_message(exc: ValidationError, prefix: str = "") -> tuple[str, lis
     details = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        details.append({"field": prefix + loc, "message": err.get("msg", "invalid")})
+        pattern = (err.get("ctx") or {}).get("pattern")
+        details.append({"field": prefix + loc, "message": PATTERN_RULES.get(pattern) or err.get("msg", "invalid")})
     return "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details[:5]), details
 
 
@@ -172,7 +178,7 @@ def parse_batch_item(obj: Any) -> EventInput | InvalidItem:
         return InvalidItem(validation_message(exc)[0], eid if isinstance(eid, str) else None)
 
 
-def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     """A model's JSON schema with its $defs inlined, to embed in openapi_extra."""
     defs = schema.pop("$defs", {})
 
@@ -194,6 +200,19 @@ def json_body(model: type[BaseModel], description: str = "") -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "description": description,
-            "content": {"application/json": {"schema": _inline_refs(model.model_json_schema())}},
+            "content": {"application/json": {"schema": inline_refs(model.model_json_schema())}},
         }
     }
+
+
+def batch_body() -> dict[str, Any]:
+    """openapi_extra of POST /v1/feedback/batch. Each item is checked on its own: one that is not a valid
+    event comes back ``invalid`` in ``results`` instead of refusing the batch, so the schema types an item as
+    an event or, failing that, any value (a generated client still sees the event)."""
+    extra = json_body(BatchIn, "Up to max_batch_events events; each is validated on its own: an item that is "
+                      "not a valid event is answered `invalid` in results, the others are stored.")
+    schema = extra["requestBody"]["content"]["application/json"]["schema"]
+    event = schema["properties"]["events"]["items"]
+    schema["properties"]["events"]["items"] = {"anyOf": [event, {"description": "Any other value: `invalid`."}]}
+    schema["additionalProperties"] = False
+    return extra

@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
+from alignment.config import KTOConfig
 from api.schemas import NAME_PATTERN
+from api.schemas.feedback import inline_refs
+from core.snapshots import SnapshotFilters, SnapshotOptions
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def keys_of(schema: dict[str, Any]) -> dict[str, Any]:
+    """An object schema whose keys are all optional and no others are allowed (the server refuses unknown
+    keys), so the OpenAPI schema names every key a body may carry. Request bodies keep them as dicts."""
+    schema = inline_refs(schema)
+    properties = {k: {n: v for n, v in p.items() if n != "title"} for k, p in schema["properties"].items()}
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+class JobOptionsSchema(BaseModel):
+    """The keys of ``options`` and their ranges (core.jobs.JobOptions checks them)."""
+
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each class's rows held out for the gate.")
+    gate_min_loss_improvement: float = Field(0.01, ge=0)
+    gate_min_reward_margin: float = Field(0.0, ge=0)
+    gate_min_heldout_per_class: int = Field(10, ge=2)
+    base_model_name_or_path: str | None = Field(None, min_length=1, max_length=1000,
+                                                description="A hub id or a folder (printable characters).")
+
+
+# The KTOConfig fields with their types; their ranges are KTOConfig's checks (a 422 naming the key).
+CONFIG_SCHEMA = keys_of(TypeAdapter(KTOConfig).json_schema())
+ConfigOverrides = Annotated[dict[str, Any], WithJsonSchema(CONFIG_SCHEMA)]
+JobOptionsIn = Annotated[dict[str, Any], WithJsonSchema(keys_of(JobOptionsSchema.model_json_schema()))]
+SnapshotOptionsIn = Annotated[dict[str, Any], WithJsonSchema(keys_of(SnapshotOptions.model_json_schema()))]
+SnapshotFiltersIn = Annotated[dict[str, Any], WithJsonSchema(keys_of(SnapshotFilters.model_json_schema()))]
 
 
 class JobIn(BaseModel):
@@ -20,18 +50,18 @@ class JobIn(BaseModel):
     base_model: str = Field(description="A registered base model name (GET /v1/base-models).", max_length=100,
                             pattern=NAME_PATTERN)
     snapshot_id: str | None = Field(None, description="Train on this snapshot; default: take a new one.")
-    config: dict[str, Any] = Field(
+    config: ConfigOverrides = Field(
         default_factory=dict, description="Overrides of the alignment config (KTOConfig fields), e.g. {\"beta\": 0.2}."
     )
-    snapshot_options: dict[str, Any] = Field(
+    snapshot_options: SnapshotOptionsIn = Field(
         default_factory=dict, description="Options of the snapshot taken when snapshot_id is absent "
         "(aggregation: majority|latest|all, one_y_per_x)."
     )
-    snapshot_filters: dict[str, Any] = Field(
+    snapshot_filters: SnapshotFiltersIn = Field(
         default_factory=dict, description="Which votes the snapshot takes when snapshot_id is absent, as in "
         "POST /v1/snapshots: model, metadata (tags), since, until."
     )
-    options: dict[str, Any] = Field(
+    options: JobOptionsIn = Field(
         default_factory=dict, description="Pipeline options: heldout_fraction (0.2), gate_min_loss_improvement "
         "(0.01), gate_min_reward_margin (0.0), gate_min_heldout_per_class (10); thresholds must be >= 0; "
         "base_model_name_or_path (a hub id or folder written to the adapter's adapter_config.json)."

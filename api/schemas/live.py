@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,15 +44,32 @@ class RouteOut(BaseModel):
     alias: str | None = Field(None, description="Without a rollout: the alias that answered.")
 
 
-class RolloutIn(BaseModel):
+# A baseline given as text: an alias, or a version number 1 .. 2**31-1 (as a string).
+BASELINE_PATTERN = r"^([a-z][a-z0-9._-]{0,99}|[1-9][0-9]{0,8})$"
+
+
+class RolloutOptions(BaseModel):
+    """How a rollout runs (core.rollouts.RolloutSpec); a policy's ``rollout`` takes these."""
+
     model_config = ConfigDict(extra="forbid")
 
-    candidate: int = Field(ge=1, lt=2**31, description="The version to try.")
-    baseline: str | int = Field("champion", description="An alias or a version number.")
+    baseline: Annotated[int, Field(ge=1, lt=2**31)] | Annotated[str, Field(pattern=BASELINE_PATTERN)] = Field(
+        "champion", description="An alias (starting with a letter) or a version number (>= 1).")
     traffic: float = Field(0.1, gt=0, lt=1, description="Share of units routed to the candidate.")
-    min_votes: int = Field(200, ge=1, description="Votes each arm needs before a decision.")
+    min_votes: int = Field(200, ge=1, lt=2**31, description="Votes each arm needs before a decision.")
     probability: float = Field(0.95, gt=0.5, lt=1, description="Posterior probability a decision needs.")
-    max_days: float = Field(14.0, gt=0, description="Days without a decision before it expires.")
+    max_days: float = Field(14.0, gt=0, le=36500, description="Days without a decision before it expires.")
+
+    def given(self) -> dict[str, Any]:
+        """The fields given, as core.rollouts.RolloutSpec takes them (the baseline as text)."""
+        out = self.model_dump(exclude_unset=True, exclude={"candidate"})
+        if "baseline" in out:
+            out["baseline"] = str(out["baseline"])
+        return out
+
+
+class RolloutIn(RolloutOptions):
+    candidate: int = Field(ge=1, lt=2**31, description="The version to try.")
 
 
 class ArmOut(Figures):

@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import DB_INT_MAX, NAME_PATTERN
+from api.schemas.jobs import ConfigOverrides
+from api.schemas.live import RolloutOptions
 from core.snapshots import SnapshotFilters, SnapshotOptions
 
 
@@ -20,14 +22,14 @@ class PolicyIn(BaseModel):
                             description="A registered base model (GET /v1/base-models).")
     min_new_feedback: int = Field(100, ge=1, le=DB_INT_MAX, description="New counted votes since the last job before a new one.")
     min_interval_minutes: int = Field(60, ge=1, le=DB_INT_MAX, description="Minutes at least between two jobs of this policy.")
-    config: dict[str, Any] = Field(default_factory=dict, description="Alignment config overrides for its jobs.")
+    config: ConfigOverrides = Field(default_factory=dict, description="Alignment config overrides for its jobs.")
     snapshot_options: SnapshotOptions = Field(default_factory=SnapshotOptions)
     snapshot_filters: SnapshotFilters = Field(
         default_factory=SnapshotFilters, description="Which votes its snapshots take: model, metadata, since, until."
     )
-    rollout: dict[str, Any] | None = Field(
-        None, description="Start a rollout of each published version against the champion: "
-        "{baseline, traffic, min_votes, probability, max_days} (see POST /v1/adapters/{name}/rollouts).")
+    rollout: RolloutOptions | None = Field(
+        None, description="Start a rollout of each published version against the champion "
+        "(see POST /v1/adapters/{name}/rollouts); absent fields take their defaults.")
 
 
 class PolicyOut(BaseModel):

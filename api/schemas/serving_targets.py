@@ -7,20 +7,28 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas import NAME_PATTERN
+from api.schemas import NAME_PATTERN, NO_NUL
+
+# An absolute http(s) URL: a host name or IPv4 address with an optional port, then any path.
+URL_PATTERN = r"^https?://([^\s/?#\[\]@\x00]+@)?[^\s/?#\[\]@\x00:]+(:[0-9]{1,5})?([/?#][^\s\x00]*)?$"
 
 
 class TargetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A vllm target needs adapter_root (JSON Schema's if/then says so to generated clients).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"kind": {"const": "vllm"}}, "required": ["kind"]},
+        "then": {"required": ["adapter_root"], "properties": {"adapter_root": {"type": "string", "minLength": 1}}},
+    })
 
     name: str = Field(max_length=100, pattern=NAME_PATTERN)
     kind: Literal["webhook", "vllm"]
-    url: str = Field(max_length=1000, description="webhook: where events are POSTed; vllm: the server's base URL.")
+    url: str = Field(max_length=1000, pattern=URL_PATTERN,
+                     description="webhook: where events are POSTed; vllm: the server's base URL (http or https).")
     adapter: str = Field(max_length=100, pattern=NAME_PATTERN,
                          description="The adapter whose events this target hears.")
-    secret: str | None = Field(None, max_length=200, description="HMAC key of the signature header; "
+    secret: str | None = Field(None, min_length=16, max_length=200, pattern=NO_NUL, description="HMAC key of the signature header; "
                                "omit to get a generated one (shown once).")
-    adapter_root: str | None = Field(None, max_length=1000, description="vllm: the folder on the vLLM host "
+    adapter_root: str | None = Field(None, max_length=1000, pattern=NO_NUL, description="vllm: the folder on the vLLM host "
                                      "holding <adapter>/v<version> (each a version's unpacked download).")
 
 

@@ -127,4 +127,5 @@ def test_events_source_takes_batch_shaped_events(settings):
     assert (out["created"], out["invalid"]) == (1, 2)
     assert [e["record"] for e in out["errors"]] == ["events:x2", "body[2]"]
     assert "label" in out["errors"][0]["message"] and "colour" in out["errors"][1]["message"]
-    assert post(client, h, b"", source="events").json()["rows"] == 0
+    empty = post(client, h, b"", source="events")  # an empty upload is a mistake, not zero rows
+    assert empty.status_code == 422 and "body: empty" in empty.json()["detail"]

@@ -55,3 +55,41 @@ def test_names_carry_their_pattern_in_the_schema(api):
     assert schemas["JobIn"]["properties"]["adapter"]["pattern"] == "^[a-z0-9][a-z0-9._-]{0,99}$"
     resp = client.post("/v1/jobs", json={"adapter": "", "base_model": "x"}, headers=headers["admin"])
     assert resp.status_code == 422 and "invalid adapter name '': use 1-100 characters" in resp.json()["detail"]
+
+
+def test_snapshot_times_are_iso_8601_only(api):
+    client, headers = api
+    resp = client.post("/v1/snapshots", json={"filters": {"since": 0}}, headers=headers["admin"])
+    assert resp.status_code == 422 and "ISO 8601" in resp.text
+
+
+@pytest.mark.parametrize(("content", "ctype"), [(b"", None), (b"  \n", "application/x-ndjson"),
+                                                (b"\x05V", "application/json")])
+def test_import_needs_a_body_and_declared_json_is_json(api, content, ctype):
+    client, headers = api
+    resp = client.post("/v1/feedback/import", content=content,
+                       headers={**headers["admin"], **({"Content-Type": ctype} if ctype else {})})
+    assert resp.status_code == 422 and resp.json()["detail"].startswith("body: ")
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/serving-targets", {"name": "t", "kind": "webhook", "url": "http://[0]", "adapter": "bot"}),
+    ("/v1/base-models", {"name": "m", "source": "0" * 300}),
+])
+def test_unparseable_urls_and_paths_are_422_not_500(api, path, body):
+    client, headers = api
+    assert client.post(path, json=body, headers=headers["admin"]).status_code == 422
+
+
+def test_schema_carries_the_rules_a_valid_request_must_meet(api):
+    client, headers = api
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["JobIn"]["properties"]["config"]["additionalProperties"] is False
+    assert "beta" in schemas["JobIn"]["properties"]["config"]["properties"]
+    assert schemas["TargetIn"]["then"]["required"] == ["adapter_root"]
+    assert schemas["AliasIn"]["properties"]["version"]["minimum"] == 1
+    # what the schema now says is what the API checks, worded for people
+    resp = client.post("/v1/feedback", json={"prompt": " ", "response": "r", "label": "up"}, headers=headers["admin"])
+    assert resp.status_code == 422 and "prompt: must not be empty or blank" in resp.json()["detail"]
+    resp = client.put("/v1/adapters/bot/aliases/1x", json={"version": 1}, headers=headers["admin"])
+    assert resp.status_code == 422

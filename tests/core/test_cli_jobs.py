@@ -101,22 +101,16 @@ def test_status_shows_the_phase_before_the_first_step(cli, engine):
     assert json.loads(cli("jobs", "status", job_id, "--json").stdout)["phase"] == "reference pass 120/240"
 
 
-def test_start_waits_while_the_bundled_model_is_prepared(cli, engine, monkeypatch, settings):
+def test_start_queues_at_once_while_the_bundled_model_is_prepared(cli, monkeypatch, settings):
     from core.settings import Settings
 
     prepared = Settings(**{**settings.model_dump(), "register_bundled_model": True})
     client = cli_jobs._client()
     client._http = TestClient(create_app(prepared), headers=client._http.headers)
-    name = prepared.bundled_model_name
-
-    def register(_s):  # the worker finishes converting while the CLI waits
-        with session_scope(engine) as s:
-            s.add(BaseModelRecord(name=name, source="/m", path="/m2", sha256="1" * 64))
-
-    monkeypatch.setattr(cli_jobs.time, "sleep", register)
-    started = cli("jobs", "start", "bot", "--base-model", name)
+    monkeypatch.setattr(cli_jobs.time, "sleep", lambda _s: pytest.fail("the CLI should not wait"))
+    started = cli("jobs", "start", "bot", "--base-model", prepared.bundled_model_name)
     assert started.exit_code == 0, started.output
-    assert "waiting: the bundled base model" in started.output and len(started.stdout.strip()) == 32
+    assert "queued job" in started.output and len(started.stdout.strip().splitlines()[-1]) == 32
 
 
 def test_publish_a_refused_job_names_why_it_cannot(cli):
