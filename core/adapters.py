@@ -43,7 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from core import outbox
+from core import outbox, serving_compat
 from core.base_models import check_name, file_sha256
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import AdapterAlias, AdapterVersion, AliasHistory, BaseModelRecord, Snapshot, utcnow
@@ -274,6 +274,8 @@ def publish_adapter_version(
                 created_at=created_at.isoformat(),
             )
             manifest["files"].sort(key=lambda f: f["name"])
+            manifest["serving_compat"] = {"vllm": serving_compat.check_folder(
+                tmp, architecture=base_model.architecture, base_model_name_or_path=base_model_name_or_path)}
             manifest_bytes = _json_bytes(manifest)
             _write_bytes(tmp / "manifest.json", manifest_bytes)
             _rename_into_place(tmp, final)
@@ -434,7 +436,8 @@ def move_alias(
     if alias == LATEST:
         raise InvalidInput("'latest' always points to the newest version and moves only when one is published; "
                            "pin a version with another alias, e.g. 'champion'")
-    resolve_version(session, adapter_name=adapter_name, version_or_alias=int(version))
+    row = resolve_version(session, adapter_name=adapter_name, version_or_alias=int(version))
+    serving_compat.require_servable(session, row)
     return _set_alias(session, adapter_name=adapter_name, alias=alias, version=version, moved_by=moved_by,
                       expected_version=expected_version)
 

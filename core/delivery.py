@@ -34,7 +34,7 @@ import orjson
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from core import adapters
+from core import adapters, serving_compat
 from core import metrics as telemetry
 from core.attribution import served_name
 from core.db import session_scope
@@ -53,6 +53,10 @@ class SendFailed(Exception):
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class Refused(SendFailed):
+    """Sending again cannot help (vLLM would refuse the adapter): the delivery ends ``failed`` at once."""
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -134,25 +138,45 @@ def _vllm_call(http: httpx.Client, url: str, body: dict, *, done_if: tuple[str, 
         raise
 
 
-def _sync_vllm(engine: Engine, http: httpx.Client, target_id: str) -> int:
-    """Load what is needed and missing, unload what is loaded and not needed; keeps progress on the target."""
+def _unloadable(session: Session, settings: Settings, adapter_name: str, versions: set[int]) -> dict[int, str]:
+    """The versions vLLM would refuse, with why (the publish-time verdict; older versions checked now)."""
+    refused = {}
+    for row in session.scalars(select(AdapterVersion).where(AdapterVersion.adapter_name == adapter_name,
+                                                            AdapterVersion.version.in_(versions))):
+        verdict = serving_compat.vllm_verdict(row.manifest) or serving_compat.check_folder(
+            adapters.version_dir(settings, row), architecture=(row.manifest.get("base_model") or {}).get(
+                "architecture"), base_model_name_or_path=None)
+        if not verdict["ok"]:
+            refused[row.version] = serving_compat.refuse_reason(adapter_name, row.version, verdict)
+    return refused
+
+
+def _sync_vllm(engine: Engine, settings: Settings, http: httpx.Client, target_id: str) -> int:
+    """Load what is needed and missing, unload what is loaded and not needed; keeps progress on the target.
+
+    A needed version vLLM cannot load is not sent (nor is anything unloaded): the others are loaded, then the
+    attempt ends refused."""
     status = 200
     with session_scope(engine) as s:
         target = s.get(ServingTarget, target_id)
         needed = needed_versions(s, adapter_name=target.adapter_name)
         loaded = set(target.loaded or [])
         name, url, root = target.adapter_name, target.url, target.adapter_root
-    for version in sorted(needed - loaded):
+        refused = _unloadable(s, settings, name, needed - loaded)
+    for version in sorted(needed - loaded - set(refused)):
         path = posixpath.join(root, name, f"v{version}")
         status = _vllm_call(http, f"{url}/v1/load_lora_adapter",
                             {"lora_name": served_name(name, version), "lora_path": path}, done_if=("already been loaded",))
         loaded.add(version)
         _save_loaded(engine, target_id, loaded)
-    for version in sorted(loaded - needed):
+    # With a needed version refused, what is loaded stays: routing may still answer those names.
+    for version in sorted(loaded - needed) if not refused else ():
         status = _vllm_call(http, f"{url}/v1/unload_lora_adapter", {"lora_name": served_name(name, version)},
                             done_if=("cannot be found", "not found"))
         loaded.discard(version)
         _save_loaded(engine, target_id, loaded)
+    if refused:
+        raise Refused("; ".join(refused[v] for v in sorted(refused)))
     return status
 
 
@@ -176,21 +200,22 @@ def deliver(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
         if target.kind == "webhook":
             _fill_sha256(s, settings, d)
         payload, kind, deleted = d.payload, target.kind, target.deleted_at is not None
-    error, code = None, None
+    error, code, final = None, None, deleted
     if deleted:
         error = "the target was deleted"
     else:
         own = http is None
         http = http or httpx.Client(timeout=settings.outbox_timeout_s)
         try:
-            code = _send_webhook(http, target, payload) if kind == "webhook" else _sync_vllm(engine, http, target.id)
+            code = (_send_webhook(http, target, payload) if kind == "webhook"
+                    else _sync_vllm(engine, settings, http, target.id))
         except SendFailed as exc:
-            error, code = str(exc)[:MAX_ERROR_CHARS], exc.status_code
+            error, code, final = str(exc)[:MAX_ERROR_CHARS], exc.status_code, isinstance(exc, Refused)
         finally:
             if own:
                 http.close()
     status = _record(engine, settings=settings, delivery_id=delivery_id, now=now, error=error, code=code,
-                     final=deleted)
+                     final=final)
     telemetry.delivery_attempt(kind, "retry" if status == "pending" else status)
     return status
 
