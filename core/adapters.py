@@ -38,13 +38,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core import outbox, serving_compat
 from core.base_models import check_name, file_sha256
+from core.db import lock_adapter
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import AdapterAlias, AdapterVersion, AliasHistory, BaseModelRecord, Snapshot, utcnow
 from core.settings import Settings
@@ -69,20 +70,6 @@ def adapters_root(settings: Settings) -> Path:
 
 def version_dir(settings: Settings, version: AdapterVersion) -> Path:
     return settings.artifacts_dir / version.path
-
-
-def _lock_adapter(session: Session, adapter_name: str) -> None:
-    """Serialise publishers (and the cleaner) of one adapter until the transaction ends.
-
-    On SQLite every transaction starts with BEGIN IMMEDIATE, which already holds
-    the database's write lock; on Postgres a transaction-scoped advisory lock.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(f"prospect-adapter:{adapter_name}".encode()).digest()[:8], "big",
-                             signed=True)
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-    else:
-        session.execute(text("SELECT 1"))
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -255,7 +242,7 @@ def publish_adapter_version(
     try:
         files = _stage(Path(staged_dir), tmp, base_model_name=base_model_name_or_path or base_model.name)
         with session_factory() as session:
-            _lock_adapter(session, adapter_name)
+            lock_adapter(session, adapter_name)
             version = (session.scalar(select(func.max(AdapterVersion.version))
                                       .where(AdapterVersion.adapter_name == adapter_name)) or 0) + 1
             final = parent / str(version)
@@ -318,7 +305,7 @@ def cleanup_leftovers(settings: Settings, session: Session, *, tmp_grace_s: floa
         return removed
     now = time.time()
     for parent in sorted(p for p in root.iterdir() if p.is_dir()):
-        _lock_adapter(session, parent.name)
+        lock_adapter(session, parent.name)
         known = set(session.scalars(select(AdapterVersion.version).where(AdapterVersion.adapter_name == parent.name)))
         for child in sorted(parent.iterdir()):
             orphan = child.name.isdigit() and int(child.name) not in known

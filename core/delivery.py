@@ -2,8 +2,11 @@
 
 One attempt: claim the row (a conditional UPDATE that also takes a lease, so
 two workers never send one row at once and a worker killed mid-send loses it
-when the lease passes), commit, send outside any transaction, record the
-result. A 2xx ends it ``delivered``; anything else schedules the next try
+when ``outbox_lease_s`` passes), commit, send outside any transaction, record
+the result. Per target, rows go in outbox order (``seq``): a row is claimed
+only when no earlier row of its target is pending, so a later event never
+overtakes an earlier one that is failing, waiting for its retry or in flight;
+an earlier row that ended ``failed`` (given up) no longer holds the line. A 2xx ends it ``delivered``; anything else schedules the next try
 ``outbox_backoff_s * 2**(attempts-1)`` later (at most ``outbox_max_backoff_s``)
 until ``outbox_give_up_s`` after the event, when it ends ``failed``. A
 receiver deduplicates on ``delivery_id``: a lost 2xx means a second send.
@@ -31,8 +34,8 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, exists, select, update
+from sqlalchemy.orm import Session, aliased
 
 from core import adapters, serving_compat
 from core import metrics as telemetry
@@ -44,7 +47,6 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Prospect-Signature"
-LEASE_S = 120.0
 SWEEP_BATCH = 100
 MAX_ERROR_CHARS = 500
 
@@ -67,13 +69,20 @@ def backoff_s(settings: Settings, attempts: int) -> float:
     return min(settings.outbox_max_backoff_s, settings.outbox_backoff_s * 2 ** max(0, attempts - 1))
 
 
-def _claim(engine: Engine, delivery_id: str, now: datetime) -> bool:
+def _first_in_line():
+    """No earlier row of the same target is still pending (in backoff, or in flight): outbox order holds."""
+    earlier = aliased(Delivery)
+    return ~exists().where(earlier.target_id == Delivery.target_id, earlier.status == "pending",
+                           earlier.seq < Delivery.seq)
+
+
+def _claim(engine: Engine, delivery_id: str, now: datetime, lease_s: float) -> bool:
     with engine.begin() as conn:
         claimed = conn.execute(
             update(Delivery)
             .where(Delivery.id == delivery_id, Delivery.status == "pending", Delivery.next_attempt_at <= now,
-                   (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now))
-            .values(attempts=Delivery.attempts + 1, lease_until=now + timedelta(seconds=LEASE_S))
+                   (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now), _first_in_line())
+            .values(attempts=Delivery.attempts + 1, lease_until=now + timedelta(seconds=lease_s))
         ).rowcount
     return claimed == 1
 
@@ -192,7 +201,7 @@ def deliver(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
             http: httpx.Client | None = None) -> str | None:
     """One attempt at one delivery, if it is due and nobody else holds it; returns its status after, or None."""
     now = now or utcnow()
-    if not _claim(engine, delivery_id, now):
+    if not _claim(engine, delivery_id, now, settings.outbox_lease_s):
         return None
     with session_scope(engine) as s:
         d = s.get(Delivery, delivery_id)
@@ -239,9 +248,10 @@ def _record(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
 
 def deliver_due(engine: Engine, *, settings: Settings, now: datetime | None = None,
                 http: httpx.Client | None = None) -> dict[str, str | None]:
-    """One attempt at each due delivery (oldest first, at most SWEEP_BATCH); returns {id: status}."""
+    """One attempt at each due delivery first in its target's line (in order, at most SWEEP_BATCH); returns
+    {id: status}. A row delivered here lets the next one of its target go in the same sweep."""
     now = now or utcnow()
     with session_scope(engine) as s:
         ids = list(s.scalars(select(Delivery.id).where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
-                             .order_by(Delivery.created_at, Delivery.id).limit(SWEEP_BATCH)))
+                             .order_by(Delivery.target_id, Delivery.seq).limit(SWEEP_BATCH)))
     return {i: deliver(engine, settings=settings, delivery_id=i, now=now, http=http) for i in ids}

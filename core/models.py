@@ -425,12 +425,15 @@ class Delivery(Base):
     __table_args__ = (
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_target_created", "target_id", "created_at"),
+        Index("uq_deliveries_target_seq", "target_id", "seq", unique=True),
     )
 
     # The delivery_id the receiver deduplicates on.
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     target_id: Mapped[str] = mapped_column(ForeignKey("serving_targets.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(40))
+    # Outbox order per target (1, 2, ...): a row is sent only once every earlier one is delivered or failed.
+    seq: Mapped[int]
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
