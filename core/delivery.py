@@ -147,16 +147,17 @@ def _vllm_call(http: httpx.Client, url: str, body: dict, *, done_if: tuple[str, 
         raise
 
 
-def _unloadable(session: Session, settings: Settings, adapter_name: str, versions: set[int]) -> dict[int, str]:
+def _unloadable(session: Session, settings: Settings, target: ServingTarget, versions: set[int]) -> dict[int, str]:
     """The versions vLLM would refuse, with why (the publish-time verdict; older versions checked now)."""
-    refused = {}
+    refused, adapter_name = {}, target.adapter_name
     for row in session.scalars(select(AdapterVersion).where(AdapterVersion.adapter_name == adapter_name,
                                                             AdapterVersion.version.in_(versions))):
         verdict = serving_compat.vllm_verdict(row.manifest) or serving_compat.check_folder(
             adapters.version_dir(settings, row), architecture=(row.manifest.get("base_model") or {}).get(
                 "architecture"), base_model_name_or_path=None)
-        if not verdict["ok"]:
-            refused[row.version] = serving_compat.refuse_reason(adapter_name, row.version, verdict)
+        reasons = serving_compat.reasons_for(verdict, max_lora_rank=target.max_lora_rank)
+        if reasons:
+            refused[row.version] = serving_compat.refuse_reason(adapter_name, row.version, reasons)
     return refused
 
 
@@ -171,7 +172,7 @@ def _sync_vllm(engine: Engine, settings: Settings, http: httpx.Client, target_id
         needed = needed_versions(s, adapter_name=target.adapter_name)
         loaded = set(target.loaded or [])
         name, url, root = target.adapter_name, target.url, target.adapter_root
-        refused = _unloadable(s, settings, name, needed - loaded)
+        refused = _unloadable(s, settings, target, needed - loaded)
     for version in sorted(needed - loaded - set(refused)):
         path = posixpath.join(root, name, f"v{version}")
         status = _vllm_call(http, f"{url}/v1/load_lora_adapter",

@@ -410,6 +410,8 @@ class ServingTarget(Base):
     secret: Mapped[str] = mapped_column(String(200))
     # vllm: where the vLLM host finds <adapter>/v<version>; and the served names it was told to load.
     adapter_root: Mapped[str | None] = mapped_column(String(1000))
+    # vllm: the server's --max-lora-rank; versions of a higher rank are refused for it.
+    max_lora_rank: Mapped[int | None]
     loaded: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]

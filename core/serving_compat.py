@@ -120,20 +120,33 @@ def vllm_verdict(manifest: dict) -> dict[str, Any] | None:
     return ((manifest or {}).get("serving_compat") or {}).get("vllm")
 
 
-def refuse_reason(adapter_name: str, version: int, verdict: dict[str, Any]) -> str:
-    return (f"adapter {adapter_name!r} v{version} cannot be loaded by vLLM: {'; '.join(verdict['reasons'])}. "
+def reasons_for(verdict: dict[str, Any], *, max_lora_rank: int | None) -> list[str]:
+    """Why a server started with ``--max-lora-rank max_lora_rank`` would refuse the version (empty: it loads it)."""
+    reasons = list(verdict["reasons"])
+    needed = verdict.get("max_lora_rank")
+    if max_lora_rank is not None and needed is not None and needed > max_lora_rank:
+        reasons.append(f"its rank needs --max-lora-rank {needed} and the server has {max_lora_rank} (vLLM answers "
+                       f"'LoRA rank ... is greater than max_lora_rank'); restart it with {needed} and set the "
+                       "target's max_lora_rank, or train with a lower lora_r")
+    return reasons
+
+
+def refuse_reason(adapter_name: str, version: int, reasons: list[str]) -> str:
+    return (f"adapter {adapter_name!r} v{version} cannot be loaded by vLLM: {'; '.join(reasons)}. "
             "Publish a version trained without these settings")
 
 
 def require_servable(session: Session, version: AdapterVersion) -> None:
-    """409 when a live ``vllm`` target of the adapter would be told to load a version vLLM refuses."""
+    """409 when a live ``vllm`` target of the adapter would be told to load a version its vLLM refuses."""
     verdict = vllm_verdict(version.manifest)
-    if verdict is None or verdict["ok"]:
+    if verdict is None:
         return
-    targets = list(session.scalars(select(ServingTarget.name).where(
+    targets = session.scalars(select(ServingTarget).where(
         ServingTarget.adapter_name == version.adapter_name, ServingTarget.kind == "vllm",
-        ServingTarget.deleted_at.is_(None))))
-    if targets:
-        raise Conflict(f"{refuse_reason(version.adapter_name, version.version, verdict)} "
-                       f"(vLLM serving target(s): {', '.join(sorted(targets))})",
-                       details={"serving_compat": verdict, "targets": sorted(targets)})
+        ServingTarget.deleted_at.is_(None)).order_by(ServingTarget.name))
+    for target in targets:
+        reasons = reasons_for(verdict, max_lora_rank=target.max_lora_rank)
+        if reasons:
+            raise Conflict(f"{refuse_reason(version.adapter_name, version.version, reasons)} "
+                           f"(vLLM serving target {target.name!r})",
+                           details={"serving_compat": verdict, "target": target.name})

@@ -1,4 +1,4 @@
-"""outbox order: deliveries numbered per target, sent in that order
+"""outbox order: deliveries numbered per target, sent in that order; a vllm target's --max-lora-rank
 
 Revision ID: 0007_outbox_order
 Revises: 0006_first_hour
@@ -15,6 +15,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("serving_targets", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("max_lora_rank", sa.Integer(), nullable=True))
+    op.execute("UPDATE serving_targets SET max_lora_rank = 16 WHERE kind = 'vllm'")  # vLLM's default
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.add_column(sa.Column("seq", sa.Integer(), nullable=True))
     # Rows written before: numbered in the order they were listed (time, then id).
@@ -32,3 +35,5 @@ def downgrade() -> None:
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index("uq_deliveries_target_seq")
         batch_op.drop_column("seq")
+    with op.batch_alter_table("serving_targets", schema=None) as batch_op:
+        batch_op.drop_column("max_lora_rank")

@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from api.queue import OUTBOX_SWEEP_TASK, send_task
@@ -108,6 +109,7 @@ def test_concurrent_changes_number_each_targets_rows_without_gaps_or_twins(api, 
     assert [sorted(s) for s in per_target.values()] == [list(range(1, 9))] * 2
 
 
+@pytest.mark.slow
 def test_worker_killed_after_the_commit_before_the_delivery_another_delivers_once(api, settings, tmp_path):
     """At least once, deduplicated by delivery_id: the killed attempt reached the receiver but was never
     acknowledged, so the second worker sends that delivery again (same delivery_id) and the later ones after it."""

@@ -126,3 +126,31 @@ def test_a_version_published_before_the_check_is_checked_at_delivery(api, tmp_pa
             assert {d.status for d in s.scalars(select(Delivery))} == {"failed"}
     finally:
         fake.close()
+
+
+def test_a_vllm_target_refuses_ranks_above_its_max_lora_rank(api, tmp_path):
+    client, h = api
+    fake = Receiver(answer=lambda path, body: (200, "Success"))
+    body = {"kind": "vllm", "url": fake.url, "adapter": "bot", "adapter_root": "/srv"}
+    try:
+        for bad in ({"max_lora_rank": 12}, {"max_lora_rank": 1024}, {"kind": "webhook", "max_lora_rank": 16}):
+            r = client.post("/v1/serving-targets", headers=h["admin"], json={"name": "x", **body, **bad})
+            assert r.status_code == 422 and "max_lora_rank" in r.text, r.text
+        small = client.post("/v1/serving-targets", headers=h["admin"], json={"name": "small", **body}).json()
+        assert small["max_lora_rank"] == 16  # vLLM's default
+        publish(client, tmp_path, 1, r=16)
+        drain(client)
+        publish(client, tmp_path, 2, r=32)  # loadable by vLLM, not by a server started with --max-lora-rank 16
+        drain(client)
+        assert [r["body"]["lora_name"] for r in fake.requests] == ["bot-v1"]
+        r = client.put("/v1/adapters/bot/aliases/champion", json={"version": 2}, headers=h["train"])
+        assert r.status_code == 409 and "--max-lora-rank 32" in r.json()["detail"], r.text
+        assert client.delete(f"/v1/serving-targets/{small['id']}", headers=h["admin"]).status_code == 204
+        big = client.post("/v1/serving-targets", headers=h["admin"],
+                          json={"name": "big", **body, "max_lora_rank": 32}).json()
+        assert client.put("/v1/adapters/bot/aliases/champion", json={"version": 2},
+                          headers=h["train"]).status_code == 200
+        drain(client)
+        assert client.get(f"/v1/serving-targets/{big['id']}", headers=h["admin"]).json()["loaded"] == [2]
+    finally:
+        fake.close()

@@ -144,6 +144,10 @@ def test_a_vllm_target_drives_a_real_vllm(settings, smol, vllm, tmp_path):
     deliveries = client.get(f"/v1/serving-targets/{r.json()['id']}/deliveries", headers=h["admin"]).json()
     assert any(d["status"] == "failed" and "DoRA" in d["last_error"] for d in deliveries), deliveries
 
-    publish(3)
+    publish(3, r=32)  # vLLM would answer "LoRA rank 32 is greater than max_lora_rank 16": not sent either
     drain(client)
-    assert served(vllm) == {SERVED, "bot-v3"}  # v3 loaded, v1 unloaded, v2 never
+    assert served(vllm) == {SERVED, "bot-v1"}
+
+    publish(4)
+    drain(client)
+    assert served(vllm) == {SERVED, "bot-v4"}  # v4 loaded, v1 unloaded, v2 and v3 never
