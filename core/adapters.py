@@ -39,15 +39,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import outbox
+from core import outbox, serving_compat
 from core.adapter_objects import upload_tarball, upload_version
 from core.adapter_tarball import ensure_tarball_sha256, iter_tarball, tarball_sha256  # noqa: F401 (adapters.*)
 from core.artifact_store import get_store
 from core.base_models import check_name, file_sha256
+from core.db import lock_adapter
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import AdapterAlias, AdapterVersion, AliasHistory, BaseModelRecord, Snapshot, utcnow
 from core.settings import Settings
@@ -69,20 +70,6 @@ def adapters_root(settings: Settings) -> Path:
 
 def version_dir(settings: Settings, version: AdapterVersion) -> Path:
     return settings.artifacts_dir / version.path
-
-
-def _lock_adapter(session: Session, adapter_name: str) -> None:
-    """Serialise publishers (and the cleaner) of one adapter until the transaction ends.
-
-    On SQLite every transaction starts with BEGIN IMMEDIATE, which already holds
-    the database's write lock; on Postgres a transaction-scoped advisory lock.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(f"prospect-adapter:{adapter_name}".encode()).digest()[:8], "big",
-                             signed=True)
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-    else:
-        session.execute(text("SELECT 1"))
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -255,7 +242,7 @@ def publish_adapter_version(
     try:
         files = _stage(Path(staged_dir), tmp, base_model_name=base_model_name_or_path or base_model.name)
         with session_factory() as session:
-            _lock_adapter(session, adapter_name)
+            lock_adapter(session, adapter_name)
             version = (session.scalar(select(func.max(AdapterVersion.version))
                                       .where(AdapterVersion.adapter_name == adapter_name)) or 0) + 1
             final = parent / str(version)
@@ -274,6 +261,8 @@ def publish_adapter_version(
                 created_at=created_at.isoformat(),
             )
             manifest["files"].sort(key=lambda f: f["name"])
+            manifest["serving_compat"] = {"vllm": serving_compat.check_folder(
+                tmp, architecture=base_model.architecture, base_model_name_or_path=base_model_name_or_path)}
             manifest_bytes = _json_bytes(manifest)
             _write_bytes(tmp / "manifest.json", manifest_bytes)
             store = get_store(settings)
@@ -325,7 +314,7 @@ def cleanup_leftovers(settings: Settings, session: Session, *, tmp_grace_s: floa
         return removed
     now = time.time()
     for parent in sorted(p for p in root.iterdir() if p.is_dir()):
-        _lock_adapter(session, parent.name)
+        lock_adapter(session, parent.name)
         known = set(session.scalars(select(AdapterVersion.version).where(AdapterVersion.adapter_name == parent.name)))
         for child in sorted(parent.iterdir()):
             orphan = child.name.isdigit() and int(child.name) not in known
@@ -443,7 +432,8 @@ def move_alias(
     if alias == LATEST:
         raise InvalidInput("'latest' always points to the newest version and moves only when one is published; "
                            "pin a version with another alias, e.g. 'champion'")
-    resolve_version(session, adapter_name=adapter_name, version_or_alias=int(version))
+    row = resolve_version(session, adapter_name=adapter_name, version_or_alias=int(version))
+    serving_compat.require_servable(session, row)
     return _set_alias(session, adapter_name=adapter_name, alias=alias, version=version, moved_by=moved_by,
                       expected_version=expected_version)
 

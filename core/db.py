@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import Settings, get_settings
@@ -86,3 +87,19 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def lock_adapter(session: Session, adapter_name: str) -> None:
+    """Serialise the writers of one adapter (publishers, the cleaner, the outbox's numbering) until the
+    transaction ends.
+
+    On SQLite every transaction starts with BEGIN IMMEDIATE, which already holds
+    the database's write lock; on Postgres a transaction-scoped advisory lock
+    (re-entrant: one transaction may take it again).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"prospect-adapter:{adapter_name}".encode()).digest()[:8], "big",
+                             signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        session.execute(text("SELECT 1"))

@@ -2,8 +2,11 @@
 
 One attempt: claim the row (a conditional UPDATE that also takes a lease, so
 two workers never send one row at once and a worker killed mid-send loses it
-when the lease passes), commit, send outside any transaction, record the
-result. A 2xx ends it ``delivered``; anything else schedules the next try
+when ``outbox_lease_s`` passes), commit, send outside any transaction, record
+the result. Per target, rows go in outbox order (``seq``): a row is claimed
+only when no earlier row of its target is pending, so a later event never
+overtakes an earlier one that is failing, waiting for its retry or in flight;
+an earlier row that ended ``failed`` (given up) no longer holds the line. A 2xx ends it ``delivered``; anything else schedules the next try
 ``outbox_backoff_s * 2**(attempts-1)`` later (at most ``outbox_max_backoff_s``)
 until ``outbox_give_up_s`` after the event, when it ends ``failed``. A
 receiver deduplicates on ``delivery_id``: a lost 2xx means a second send.
@@ -31,10 +34,10 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import Engine, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, exists, select, update
+from sqlalchemy.orm import Session, aliased
 
-from core import adapters
+from core import adapters, serving_compat
 from core import metrics as telemetry
 from core.attribution import served_name
 from core.db import session_scope
@@ -44,7 +47,6 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Prospect-Signature"
-LEASE_S = 120.0
 SWEEP_BATCH = 100
 MAX_ERROR_CHARS = 500
 
@@ -55,6 +57,10 @@ class SendFailed(Exception):
         self.status_code = status_code
 
 
+class Refused(SendFailed):
+    """Sending again cannot help (vLLM would refuse the adapter): the delivery ends ``failed`` at once."""
+
+
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -63,13 +69,20 @@ def backoff_s(settings: Settings, attempts: int) -> float:
     return min(settings.outbox_max_backoff_s, settings.outbox_backoff_s * 2 ** max(0, attempts - 1))
 
 
-def _claim(engine: Engine, delivery_id: str, now: datetime) -> bool:
+def _first_in_line():
+    """No earlier row of the same target is still pending (in backoff, or in flight): outbox order holds."""
+    earlier = aliased(Delivery)
+    return ~exists().where(earlier.target_id == Delivery.target_id, earlier.status == "pending",
+                           earlier.seq < Delivery.seq)
+
+
+def _claim(engine: Engine, delivery_id: str, now: datetime, lease_s: float) -> bool:
     with engine.begin() as conn:
         claimed = conn.execute(
             update(Delivery)
             .where(Delivery.id == delivery_id, Delivery.status == "pending", Delivery.next_attempt_at <= now,
-                   (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now))
-            .values(attempts=Delivery.attempts + 1, lease_until=now + timedelta(seconds=LEASE_S))
+                   (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now), _first_in_line())
+            .values(attempts=Delivery.attempts + 1, lease_until=now + timedelta(seconds=lease_s))
         ).rowcount
     return claimed == 1
 
@@ -134,25 +147,46 @@ def _vllm_call(http: httpx.Client, url: str, body: dict, *, done_if: tuple[str, 
         raise
 
 
-def _sync_vllm(engine: Engine, http: httpx.Client, target_id: str) -> int:
-    """Load what is needed and missing, unload what is loaded and not needed; keeps progress on the target."""
+def _unloadable(session: Session, settings: Settings, target: ServingTarget, versions: set[int]) -> dict[int, str]:
+    """The versions vLLM would refuse, with why (the publish-time verdict; older versions checked now)."""
+    refused, adapter_name = {}, target.adapter_name
+    for row in session.scalars(select(AdapterVersion).where(AdapterVersion.adapter_name == adapter_name,
+                                                            AdapterVersion.version.in_(versions))):
+        verdict = serving_compat.vllm_verdict(row.manifest) or serving_compat.check_folder(
+            adapters.version_dir(settings, row), architecture=(row.manifest.get("base_model") or {}).get(
+                "architecture"), base_model_name_or_path=None)
+        reasons = serving_compat.reasons_for(verdict, max_lora_rank=target.max_lora_rank)
+        if reasons:
+            refused[row.version] = serving_compat.refuse_reason(adapter_name, row.version, reasons)
+    return refused
+
+
+def _sync_vllm(engine: Engine, settings: Settings, http: httpx.Client, target_id: str) -> int:
+    """Load what is needed and missing, unload what is loaded and not needed; keeps progress on the target.
+
+    A needed version vLLM cannot load is not sent (nor is anything unloaded): the others are loaded, then the
+    attempt ends refused."""
     status = 200
     with session_scope(engine) as s:
         target = s.get(ServingTarget, target_id)
         needed = needed_versions(s, adapter_name=target.adapter_name)
         loaded = set(target.loaded or [])
         name, url, root = target.adapter_name, target.url, target.adapter_root
-    for version in sorted(needed - loaded):
+        refused = _unloadable(s, settings, target, needed - loaded)
+    for version in sorted(needed - loaded - set(refused)):
         path = posixpath.join(root, name, f"v{version}")
         status = _vllm_call(http, f"{url}/v1/load_lora_adapter",
                             {"lora_name": served_name(name, version), "lora_path": path}, done_if=("already been loaded",))
         loaded.add(version)
         _save_loaded(engine, target_id, loaded)
-    for version in sorted(loaded - needed):
+    # With a needed version refused, what is loaded stays: routing may still answer those names.
+    for version in sorted(loaded - needed) if not refused else ():
         status = _vllm_call(http, f"{url}/v1/unload_lora_adapter", {"lora_name": served_name(name, version)},
                             done_if=("cannot be found", "not found"))
         loaded.discard(version)
         _save_loaded(engine, target_id, loaded)
+    if refused:
+        raise Refused("; ".join(refused[v] for v in sorted(refused)))
     return status
 
 
@@ -168,7 +202,7 @@ def deliver(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
             http: httpx.Client | None = None) -> str | None:
     """One attempt at one delivery, if it is due and nobody else holds it; returns its status after, or None."""
     now = now or utcnow()
-    if not _claim(engine, delivery_id, now):
+    if not _claim(engine, delivery_id, now, settings.outbox_lease_s):
         return None
     with session_scope(engine) as s:
         d = s.get(Delivery, delivery_id)
@@ -176,21 +210,22 @@ def deliver(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
         if target.kind == "webhook":
             _fill_sha256(s, settings, d)
         payload, kind, deleted = d.payload, target.kind, target.deleted_at is not None
-    error, code = None, None
+    error, code, final = None, None, deleted
     if deleted:
         error = "the target was deleted"
     else:
         own = http is None
         http = http or httpx.Client(timeout=settings.outbox_timeout_s)
         try:
-            code = _send_webhook(http, target, payload) if kind == "webhook" else _sync_vllm(engine, http, target.id)
+            code = (_send_webhook(http, target, payload) if kind == "webhook"
+                    else _sync_vllm(engine, settings, http, target.id))
         except SendFailed as exc:
-            error, code = str(exc)[:MAX_ERROR_CHARS], exc.status_code
+            error, code, final = str(exc)[:MAX_ERROR_CHARS], exc.status_code, isinstance(exc, Refused)
         finally:
             if own:
                 http.close()
     status = _record(engine, settings=settings, delivery_id=delivery_id, now=now, error=error, code=code,
-                     final=deleted)
+                     final=final)
     telemetry.delivery_attempt(kind, "retry" if status == "pending" else status)
     return status
 
@@ -214,9 +249,10 @@ def _record(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
 
 def deliver_due(engine: Engine, *, settings: Settings, now: datetime | None = None,
                 http: httpx.Client | None = None) -> dict[str, str | None]:
-    """One attempt at each due delivery (oldest first, at most SWEEP_BATCH); returns {id: status}."""
+    """One attempt at each due delivery first in its target's line (in order, at most SWEEP_BATCH); returns
+    {id: status}. A row delivered here lets the next one of its target go in the same sweep."""
     now = now or utcnow()
     with session_scope(engine) as s:
         ids = list(s.scalars(select(Delivery.id).where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
-                             .order_by(Delivery.created_at, Delivery.id).limit(SWEEP_BATCH)))
+                             .order_by(Delivery.target_id, Delivery.seq).limit(SWEEP_BATCH)))
     return {i: deliver(engine, settings=settings, delivery_id=i, now=now, http=http) for i in ids}

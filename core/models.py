@@ -414,6 +414,8 @@ class ServingTarget(Base):
     secret: Mapped[str] = mapped_column(String(200))
     # vllm: where the vLLM host finds <adapter>/v<version>; and the served names it was told to load.
     adapter_root: Mapped[str | None] = mapped_column(String(1000))
+    # vllm: the server's --max-lora-rank; versions of a higher rank are refused for it.
+    max_lora_rank: Mapped[int | None]
     loaded: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
@@ -429,12 +431,15 @@ class Delivery(Base):
     __table_args__ = (
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_target_created", "target_id", "created_at"),
+        Index("uq_deliveries_target_seq", "target_id", "seq", unique=True),
     )
 
     # The delivery_id the receiver deduplicates on.
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     target_id: Mapped[str] = mapped_column(ForeignKey("serving_targets.id", ondelete="CASCADE"))
     event: Mapped[str] = mapped_column(String(40))
+    # Outbox order per target (1, 2, ...): a row is sent only once every earlier one is delivered or failed.
+    seq: Mapped[int]
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)

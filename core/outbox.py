@@ -3,7 +3,9 @@
 :func:`emit` adds one ``deliveries`` row per live target of the adapter, in
 the caller's session: the change and its outbox rows commit together or not at
 all, so nothing is told that did not happen and nothing that happened is
-lost when a process dies right after the commit. ``core.delivery`` sends them.
+lost when a process dies right after the commit. ``core.delivery`` sends them,
+per target in the order of ``seq`` (numbered under the adapter's lock, so in
+commit order).
 
 Events: ``version.published``, ``alias.moved``, ``rollout.started``,
 ``rollout.decided`` (also when a rollout is stopped or expires; its status says which).
@@ -14,10 +16,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.attribution import served_name
+from core.db import lock_adapter
 from core.models import Delivery, Rollout, ServingTarget, new_id, utcnow
 
 EVENTS = ("version.published", "alias.moved", "rollout.started", "rollout.decided")
@@ -49,10 +52,13 @@ def emit(
     """Queue ``event`` for every live target of ``adapter_name``; flushes, the caller commits."""
     assert event in EVENTS, event
     now = now or utcnow()
+    # Numbers per target follow the commit order: every emitter of this adapter holds its lock until commit.
+    lock_adapter(session, adapter_name)
     targets = session.scalars(select(ServingTarget).where(ServingTarget.adapter_name == adapter_name,
                                                           ServingTarget.deleted_at.is_(None)))
     rows = []
     for target in targets:
+        last = session.scalar(select(func.max(Delivery.seq)).where(Delivery.target_id == target.id)) or 0
         delivery_id = new_id()
         payload = {
             "event": event, "adapter": adapter_name, "version": version, "alias": alias,
@@ -64,7 +70,7 @@ def emit(
             "rollout": rollout_summary(rollout) if rollout is not None else None,
             "occurred_at": now.isoformat(), "delivery_id": delivery_id,
         }
-        rows.append(Delivery(id=delivery_id, target_id=target.id, event=event, payload=payload,
+        rows.append(Delivery(id=delivery_id, target_id=target.id, seq=last + 1, event=event, payload=payload,
                              next_attempt_at=now, created_at=now))
     session.add_all(rows)
     session.flush()

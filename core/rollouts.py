@@ -32,7 +32,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import adapters, outbox
+from core import adapters, outbox, serving_compat
 from core.attribution import served_name
 from core.db import session_scope
 from core.errors import Conflict, InvalidInput, NotFound
@@ -111,6 +111,7 @@ def start_rollout(
     if isinstance(candidate, bool) or not isinstance(candidate, int) or not 1 <= candidate < 2**31:
         raise InvalidInput("candidate: must be a version number >= 1")
     cand = adapters.resolve_version(session, adapter_name=adapter_name, version_or_alias=candidate)
+    serving_compat.require_servable(session, cand)
     try:
         base = adapters.resolve_version(session, adapter_name=adapter_name, version_or_alias=spec.baseline)
     except NotFound as exc:

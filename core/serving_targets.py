@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from core.base_models import check_name
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import Delivery, ServingTarget, utcnow
+from core.serving_compat import VLLM_DEFAULT_MAX_LORA_RANK, VLLM_MAX_LORA_RANKS
 
 KINDS = ("webhook", "vllm")
 MAX_LISTED_DELIVERIES = 1000
@@ -30,7 +31,8 @@ def _bad(field: str, reason: str) -> InvalidInput:
 
 
 def create_target(session: Session, *, name: str, kind: str, url: str, adapter_name: str,
-                  secret: str | None = None, adapter_root: str | None = None) -> ServingTarget:
+                  secret: str | None = None, adapter_root: str | None = None,
+                  max_lora_rank: int | None = None) -> ServingTarget:
     """Register a target; without ``secret`` one is generated (returned once by the API). Flushes."""
     for field, value in (("url", url), ("secret", secret), ("adapter_root", adapter_root)):
         if value is not None and "\x00" in value:
@@ -47,10 +49,18 @@ def create_target(session: Session, *, name: str, kind: str, url: str, adapter_n
         raise _bad("url", "must be an absolute http:// or https:// URL")
     if kind == "vllm" and not adapter_root:
         raise _bad("adapter_root", "a vllm target needs the folder on the vLLM host that holds <adapter>/v<version>")
+    if kind != "vllm" and max_lora_rank is not None:
+        raise _bad("max_lora_rank", "only a vllm target has one")
+    if kind == "vllm":
+        max_lora_rank = VLLM_DEFAULT_MAX_LORA_RANK if max_lora_rank is None else max_lora_rank
+        if max_lora_rank not in VLLM_MAX_LORA_RANKS:
+            raise _bad("max_lora_rank", f"must be one of vLLM's --max-lora-rank values: "
+                                        f"{', '.join(map(str, VLLM_MAX_LORA_RANKS))}")
     if secret is not None and len(secret) < 16:
         raise _bad("secret", "must be at least 16 characters (or omit it to get a generated one)")
     target = ServingTarget(name=name, kind=kind, url=url.rstrip("/"), adapter_name=adapter_name,
-                           secret=secret or secrets.token_urlsafe(32), adapter_root=adapter_root, loaded=[])
+                           secret=secret or secrets.token_urlsafe(32), adapter_root=adapter_root, loaded=[],
+                           max_lora_rank=max_lora_rank)
     try:
         with session.begin_nested():
             session.add(target)
@@ -92,7 +102,8 @@ def list_deliveries(session: Session, *, target_id: str, status: str | None = No
 
 def target_out(target: ServingTarget, *, with_secret: bool = False) -> dict[str, Any]:
     out = {"id": target.id, "name": target.name, "kind": target.kind, "url": target.url,
-           "adapter": target.adapter_name, "adapter_root": target.adapter_root, "loaded": target.loaded,
+           "adapter": target.adapter_name, "adapter_root": target.adapter_root, "max_lora_rank": target.max_lora_rank,
+           "loaded": target.loaded,
            "created_at": target.created_at}
     if with_secret:
         out["secret"] = target.secret

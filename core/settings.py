@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     outbox_max_backoff_s: float = Field(600.0, gt=0, description="Longest delay between two delivery tries.")
     outbox_give_up_s: float = Field(86400.0, gt=0, description="A delivery still failing this long after its "
                                     "event ends failed.")
+    outbox_lease_s: float = Field(120.0, gt=0, description="A claimed delivery is another worker's to retry "
+                                  "this long after the claim (its worker died mid-send).")
     outbox_timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one delivery request.")
 
     # The dashboard (/ui) and GET /metrics.

@@ -28,7 +28,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def create_target(body: TargetIn, session: SessionDep, _: AdminKey) -> dict:
     """The answer carries the secret (the only time it is shown); events of ``adapter`` from now on reach it."""
     t = serving_targets.create_target(session, name=body.name, kind=body.kind, url=body.url,
-                                      adapter_name=body.adapter, secret=body.secret, adapter_root=body.adapter_root)
+                                      adapter_name=body.adapter, secret=body.secret, adapter_root=body.adapter_root,
+                                      max_lora_rank=body.max_lora_rank)
     session.commit()
     return serving_targets.target_out(t, with_secret=True)
 

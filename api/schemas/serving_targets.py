@@ -30,6 +30,9 @@ class TargetIn(BaseModel):
                                "omit to get a generated one (shown once).")
     adapter_root: str | None = Field(None, max_length=1000, pattern=NO_NUL, description="vllm: the folder on the vLLM host "
                                      "holding <adapter>/v<version> (each a version's unpacked download).")
+    max_lora_rank: int | None = Field(None, description="vllm: the server's --max-lora-rank (one of vLLM's "
+                                      "1, 8, 16, 32, 64, 128, 256, 320, 512; default 16, vLLM's default). "
+                                      "Versions of a higher rank are refused for this target.")
 
 
 class TargetOut(BaseModel):
@@ -39,6 +42,7 @@ class TargetOut(BaseModel):
     url: str
     adapter: str
     adapter_root: str | None
+    max_lora_rank: int | None
     loaded: list[int] = Field(description="vllm: the versions the server was told to hold.")
     created_at: datetime
     secret: str | None = Field(None, description="Only in the answer to the POST that created it.")

@@ -100,7 +100,7 @@ def add_target(client, h, url: str, **extra) -> dict:
     return r.json()
 
 
-def drain(client, *, start=None, step_s: float = 3600.0, rounds: int = 10):
+def drain(client, *, start=None, step_s: float = 3600.0, rounds: int = 40):
     """Sweep the outbox at ever later times until nothing is pending (one attempt per due row per sweep)."""
     engine, settings = client.app.state.engine, client.app.state.settings
     now = start or utcnow()
@@ -194,10 +194,11 @@ def test_a_delivery_claimed_by_a_killed_worker_is_sent_after_its_lease(api, rece
         ids = list(s.scalars(select(Delivery.id).order_by(Delivery.created_at)))
     assert len(ids) == 2 and receiver.requests == []
     now = utcnow()
-    assert delivery._claim(engine, ids[0], now)  # a worker claims one, then dies before sending
-    assert delivery.deliver_due(engine, settings=settings, now=now) == {ids[0]: None, ids[1]: "delivered"}
-    later = now + timedelta(seconds=delivery.LEASE_S + 1)
-    assert delivery.deliver_due(engine, settings=settings, now=later) == {ids[0]: "delivered"}
+    assert delivery._claim(engine, ids[0], now, settings.outbox_lease_s)  # a worker claims one, then dies
+    # The second waits for the first (outbox order), which nobody may take before its lease passes.
+    assert delivery.deliver_due(engine, settings=settings, now=now) == {ids[0]: None, ids[1]: None}
+    later = now + timedelta(seconds=settings.outbox_lease_s + 1)
+    assert delivery.deliver_due(engine, settings=settings, now=later) == {ids[0]: "delivered", ids[1]: "delivered"}
     assert Counter(r["body"]["delivery_id"] for r in receiver.requests) == {ids[0]: 1, ids[1]: 1}
 
 

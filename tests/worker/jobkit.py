@@ -83,7 +83,8 @@ def worker_env(settings: Settings, **extra: Any) -> dict[str, str]:
 class Worker:
     """A real ``celery -A worker.celery_app worker`` process (prefork pool), logging to a file."""
 
-    def __init__(self, settings: Settings, name: str, *, concurrency: int = 1, queues: str = "training,default"):
+    def __init__(self, settings: Settings, name: str, *, concurrency: int = 1, queues: str = "training,default",
+                 env: dict[str, Any] | None = None):
         self.log_path = settings.data_dir.parent / f"worker-{name}.log"
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -91,7 +92,7 @@ class Worker:
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
              "--concurrency", str(concurrency), "--loglevel", "INFO", "-n", f"{name}-{os.getpid()}@%h",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=worker_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=worker_env(settings, **(env or {})), stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
