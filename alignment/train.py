@@ -23,6 +23,7 @@ import torch
 
 from alignment.config import KTOConfig
 from alignment.data import Batch, Example, collate, pad_token_id, plan_batches, tokenize_rows
+from alignment.distributed import World, check_shards, shards
 from alignment.logps import (
     packed_logps,
     per_sequence_logps,
@@ -96,10 +97,15 @@ class Plan:
     def __init__(self, examples: Sequence[Example], config: KTOConfig):
         if len(examples) < 2 and config.kl_mode == "estimate":
             raise ValueError("KTO needs at least 2 rows (the KL estimate pairs examples within a microbatch)")
-        self.batches = plan_batches([e.num_tokens for e in examples], config.batch_size,
+        # On N processes a microbatch is the global one, N shards of batch_size (alignment.distributed).
+        self.processes = config.processes
+        self.batches = plan_batches([e.num_tokens for e in examples], config.batch_size * config.processes,
                                     seed=config.seed, group_by_length=config.group_by_length,
                                     shuffle=config.shuffle,
-                                    labels=[e.label for e in examples] if config.stratify else None)
+                                    labels=[e.label for e in examples] if config.stratify else None,
+                                    min_size=2 * config.processes)
+        if config.kl_mode == "estimate":
+            check_shards(self.batches, config.processes, batch_size=config.batch_size)
         self.seed = config.seed
         self.shuffle = config.shuffle
         self.grad_accumulation = config.grad_accumulation
@@ -213,8 +219,9 @@ class ReferenceCache:
 
     def fill(self, model, collator: Collator, batches: Sequence[Sequence[int]],
              should_stop: Callable[[], bool] | None,
-             on_rows: Callable[[int, int], None] | None = None) -> None:
-        """``on_rows(done, total)`` after each microbatch (rows whose reference log-probs are known)."""
+             on_rows: Callable[[int, int], None] | None = None, world: World | None = None) -> None:
+        """``on_rows(done, total)`` after each microbatch (rows whose reference log-probs are known).
+        On several processes each fills the shards it owns (``batches``), then the caches are summed."""
         done, total = 0, sum(len(b) for b in batches)
         for indices in batches:
             if should_stop is not None and should_stop():
@@ -228,6 +235,9 @@ class ReferenceCache:
             done += len(indices)
             if on_rows is not None:
                 on_rows(done, total)
+        if world is not None and world.size > 1:  # every example is in exactly one process's shards
+            self.matched = world.all_reduce_(self.matched.nan_to_num(0.0))
+            self.kl = world.all_reduce_(self.kl.nan_to_num(0.0))
 
     def get(self, batch: Batch, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.tensor(batch.indices)
@@ -282,6 +292,55 @@ def summarize(losses, rewards, logps, labels, kls, kl_estimates=None) -> dict:
     if kl_estimates is not None:
         summary["kl_estimate"] = float(torch.stack(kl_estimates).mean())
     return summary
+
+
+def sharded_microbatch(model, collate_fn: Collator, reference: ReferenceCache | None, indices: Sequence[int],
+                       k: int, *, scale: float, config: KTOConfig, weights: ClassWeights, world: World) -> tuple:
+    """Forward and backward of this process's shards of global microbatch ``k`` (see
+    ``alignment.distributed`` for the semantics); returns the figures of the whole microbatch, as
+    (loss, rewards, logps, labels, z0, kl estimate, tokens), identical in every process.
+
+    Each process writes its values into its examples' slots of zero tensors, which are then summed
+    over processes: adding zeros is exact, so the figures (and z0) do not depend on who computed what.
+    """
+    parts, m = shards(indices, config.processes), len(indices)
+    starts = [sum(len(p) for p in parts[:s]) for s in range(len(parts))]
+    device = collate_fn.device
+    kl_sums = torch.zeros(len(parts), dtype=torch.float64, device=device)
+    local = []
+    for s, part in enumerate(parts):
+        if not world.mine(s):
+            continue
+        batch = collate_fn(part, microbatch=k)
+        if not batch.per_sequence:  # padded forwards draw dropout from torch's generator: seed it per shard
+            torch.manual_seed(dropout_seed(config.seed, k, -1 - s))
+        ref, ref_kl = reference.get(batch, device) if reference is not None else reference_logps(model, batch)
+        policy, policy_kl = pair_logps(model, batch)
+        if policy_kl is not None:
+            kl_sums[s] = (policy_kl.detach() - ref_kl.detach()).double().sum()
+        local.append((s, batch, policy, ref, policy_kl, ref_kl))
+    with_kl = config.kl_mode == "estimate"
+    estimate = world.all_reduce_(kl_sums).sum() / m if with_kl else None
+    # rows: loss, reward, logp of each example of the microbatch; plus the tokens of each shard
+    figures = torch.zeros(3, m, dtype=torch.float32, device=device)
+    tokens = torch.zeros(len(parts), dtype=torch.float64, device=device)
+    for s, batch, policy, ref, policy_kl, ref_kl in local:
+        out = kto_loss(policy, ref, policy_kl, ref_kl, batch.labels, beta=config.beta,
+                       desirable_weight=weights.desirable, undesirable_weight=weights.undesirable,
+                       kl_estimate=estimate)
+        (out.losses.sum() * (scale / m)).backward()
+        span = slice(starts[s], starts[s] + len(batch.indices))
+        figures[0, span], figures[1, span], figures[2, span] = out.losses.detach(), out.rewards, policy.detach()
+        tokens[s] = batch.num_tokens
+    world.all_reduce_(figures)
+    world.all_reduce_(tokens)
+    labels = torch.tensor([collate_fn.examples[i].label for i in indices], device=device)
+    if estimate is None:
+        z0 = est = torch.zeros((), device=device)
+    else:
+        est = estimate.float()
+        z0 = est.clamp(min=0)
+    return figures[0].mean(), figures[1], figures[2], labels, z0, est, int(tokens.sum())
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -376,6 +435,7 @@ def train_kto(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_phase: Callable[[str], None] | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``rows`` with the KTO loss.
 
@@ -394,7 +454,11 @@ def train_kto(
     (adapter, optimizer, scheduler, step, RNG state, history) is written
     every N steps; ``resume=True`` continues from it (a fresh start when there
     is none), giving the same losses as an uninterrupted run.
+
+    ``config.processes`` > 1: data parallel (``alignment.distributed``); ``world`` says which process this
+    is (default: one process computing every shard). Only the main process writes checkpoints.
     """
+    world = world or World()
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     seed_everything(config.seed)
@@ -430,7 +494,8 @@ def train_kto(
     if reference is not None and bool(reference.matched.isnan().any()):  # not restored from a checkpoint
         started = time.perf_counter()
         on_rows = (lambda done, total: on_phase(f"reference pass {done}/{total}")) if on_phase else None
-        reference.fill(model, collate_fn, plan.batches, should_stop, on_rows)
+        own = [part for b in plan.batches for s, part in enumerate(shards(b, config.processes)) if world.mine(s)]
+        reference.fill(model, collate_fn, own, should_stop, on_rows, world)
         reference_s = time.perf_counter() - started
         log.info("reference log-probs of %d examples in %.1f s", len(examples), reference_s)
 
@@ -442,6 +507,14 @@ def train_kto(
         micro = plan.step_microbatches(step)
         losses, rewards, logps, labels, kls, kl_estimates, tokens = [], [], [], [], [], [], 0
         for k in micro:
+            if config.processes > 1:
+                figures = sharded_microbatch(model, collate_fn, reference, plan.microbatch(k), k,
+                                             scale=1 / len(micro), config=config, weights=weights, world=world)
+                for out, figure in zip((losses, rewards, logps, labels, kls, kl_estimates), figures[:6],
+                                       strict=True):
+                    out.append(figure)
+                tokens += figures[6]
+                continue
             batch = collate_fn(plan.microbatch(k), microbatch=k)
             if reference is not None:
                 ref, ref_kl = reference.get(batch, device)
@@ -458,6 +531,7 @@ def train_kto(
             kls.append(out.kl)
             kl_estimates.append(out.kl_estimate)
             tokens += batch.num_tokens
+        world.all_reduce_grads_(params)  # the global microbatch's gradient, in every process
 
         clip = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -479,7 +553,7 @@ def train_kto(
         history.append(metrics)
         if on_progress is not None:
             on_progress(step + 1, plan.total_steps, metrics)
-        if ckpt is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+        if ckpt is not None and world.is_main and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             save_checkpoint(ckpt, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
                             history=history, reference=reference, fingerprint=fingerprint, runtime=runtime)
 
@@ -499,6 +573,7 @@ def train_kto(
         # How the work was laid out (auto resolves by device): what a throughput figure depends on.
         "sequence_layout": "per_sequence" if collate_fn.per_sequence else "batched",
         "sequence_workers": collate_fn.workers if collate_fn.per_sequence else 1,
+        "processes": config.processes,
     })
     targets = sorted(next(iter(model.peft_config.values())).target_modules or [])
     return TrainResult(model=model, history=history, metrics=final, weights=weights, config=config,
