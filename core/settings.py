@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         "0 keeps none."
     )
     checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
+    train_processes: int = Field(
+        1, ge=1, description="Processes a job trains on when its config sets no processes (torchrun on this "
+        "worker: one per GPU with NCCL, gloo on CPU; README: Training on several processes)."
+    )
+    job_max_processes: int = Field(8, ge=1, description="Largest config.processes.")
     base_model_dirs: list[Path] = Field(
         default_factory=list,
         description="Folders (JSON list) base models may be registered from, besides data_dir/models.",
