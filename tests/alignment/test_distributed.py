@@ -4,6 +4,7 @@ same adapter as one process computing the global batch of 8; cancelling stops ev
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,43 @@ def test_cancel_stops_every_rank_and_resume_continues_with_the_same_n(tiny_dir, 
         train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows,
                   KTOConfig(**{**DP, "max_steps": 400, "checkpoint_every": 1, "processes": 1, "batch_size": 8}),
                   checkpoint_dir=ckpt, resume=True)
+
+
+LAUNCH = """
+import sys
+from pathlib import Path
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from alignment.config import KTOConfig
+from tests.tiny import tiny_rows
+from worker.train_launch import train_in_processes
+tiny, work = sys.argv[1], Path(sys.argv[2])
+config = KTOConfig(batch_size=4, processes=2, max_length=64, device="cpu", max_steps=100000)
+train_in_processes(AutoModelForCausalLM.from_pretrained(tiny), AutoTokenizer.from_pretrained(tiny), tiny_rows(24),
+                   config, base_path=tiny, work=work, checkpoint_dir=None, should_stop=lambda: False)
+"""
+
+
+@pytest.mark.slow
+def test_ranks_die_with_the_worker_process_killed_hard(tiny_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    work = tmp_path / "dp"
+    task = subprocess.Popen([sys.executable, "-c", LAUNCH, str(tiny_dir), str(work)],
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        pids: list[int] = []
+        deadline = time.monotonic() + 180
+        while len(pids) < 2 and time.monotonic() < deadline:
+            assert task.poll() is None
+            pids = [int(f.read_text()) for f in (work / "ranks").glob("*.pid")] if (work / "ranks").exists() else []
+            time.sleep(0.2)
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+    finally:
+        task.send_signal(signal.SIGKILL)  # the Celery pool process dies without a chance to clean up
+        task.wait()
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids), "ranks kept training after their worker died"
