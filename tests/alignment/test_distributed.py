@@ -112,14 +112,22 @@ def test_cancel_stops_every_rank_and_resume_continues_with_the_same_n(tiny_dir, 
     saved = torch.load(ckpt / "checkpoint.pt", weights_only=True)["step"]
     assert saved >= 2
     short = KTOConfig(**{**DP, "max_steps": 400, "checkpoint_every": 1})
-    resumed_steps: list[int] = []
-    stop_after = saved + 1
+    resumed: dict[int, float] = {}
+    stop_after = saved + 2
     with pytest.raises(TrainingCancelled):
         train_in_processes(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows, short,
                            base_path=str(tiny_dir), work=work, checkpoint_dir=ckpt,
-                           should_stop=lambda: bool(resumed_steps) and resumed_steps[-1] >= stop_after,
-                           on_progress=lambda step, total, metrics: resumed_steps.append(step))
-    assert resumed_steps[0] == saved + 1
+                           should_stop=lambda: max(resumed, default=0) >= stop_after,
+                           on_progress=lambda step, total, metrics: resumed.update({step: metrics["loss"]}))
+    assert min(resumed) == saved + 1
+    # ... with the losses of an uninterrupted run (one process computing both shards).
+    straight: dict[int, float] = {}
+    with pytest.raises(TrainingCancelled):
+        train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows, short,
+                  should_stop=lambda: max(straight, default=0) >= max(resumed),
+                  on_progress=lambda step, total, metrics: straight.update({step: metrics["loss"]}))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step
     # Another number of processes is another run: the checkpoint is refused, not silently mixed in.
     with pytest.raises(CheckpointMismatch):
         train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows,

@@ -1,23 +1,13 @@
 """bench/distributed.py on the tiny model: one JSON line with both layouts' figures."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.benchkit import run_bench
 
 
 @pytest.mark.slow
 def test_distributed_benchmark_prints_one_line_of_figures():
-    proc = subprocess.run([sys.executable, "bench/distributed.py", "--model", "tiny", "--steps", "1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, proc.stdout
-    out = json.loads(lines[0])
+    out = run_bench("distributed.py", "--model", "tiny", "--steps", "1", timeout_s=600)
     assert out["processes"] == 2 and out["global_batch"] == 8 and out["tokens"] > 0
     for name in ("tokens_per_s_1", "tokens_per_s_2", "speedup", "wall_s_1", "wall_s_2"):
         assert isinstance(out[name], float) and out[name] > 0, name
