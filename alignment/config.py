@@ -122,6 +122,9 @@ class KTOConfig:
     # examples than inside one: +43% tokens/s on 2 cores, README); None = torch's intra-op thread count.
     sequence_workers: int | None = None
     packing: bool = True  # batched layout: the reference pass computes each prompt once for both pairs (4D mask)
+    # Data-parallel processes (alignment.distributed): each takes batch_size examples of a global microbatch
+    # of processes x batch_size, KL partners from its own share, z0 over the whole microbatch.
+    processes: int = 1
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = none
     device: str = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"  # "auto" (bf16 on cuda, fp32 on cpu), "float32", "bfloat16", "float16"
@@ -211,7 +214,7 @@ def _positive(name: str, value: float | None, *, strict: bool = True) -> None:
 def _check_values(c: KTOConfig) -> None:
     for name in ("beta", "learning_rate", "num_epochs", "max_steps", "grad_accumulation", "max_length",
                  "max_prompt_length", "lora_r", "lora_alpha", "max_grad_norm", "desirable_weight",
-                 "undesirable_weight", "sequence_workers"):
+                 "undesirable_weight", "sequence_workers", "processes"):
         _positive(name, getattr(c, name))
     for name in ("weight_decay", "checkpoint_every", "seed"):
         _positive(name, getattr(c, name), strict=False)

@@ -375,10 +375,12 @@ def collate(examples: Sequence[Example], indices: Sequence[int], *, max_length: 
     )
 
 
-def _batch_sizes(n: int, batch_size: int) -> list[int]:
+def _batch_sizes(n: int, batch_size: int, min_size: int = 2) -> list[int]:
     sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
-    if len(sizes) > 1 and sizes[-1] == 1:  # a batch of one has no KL partner: it joins the one before
-        sizes[-2] += sizes.pop()
+    # A batch of one has no KL partner (nor, on N processes, a batch under 2N): it joins the one before.
+    if len(sizes) > 1 and sizes[-1] < min_size:
+        last = sizes.pop()
+        sizes[-1] += last
     return sizes
 
 
@@ -411,13 +413,15 @@ def class_quotas(sizes: Sequence[int], n_true: int) -> list[int]:
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, *, seed: int, group_by_length: bool,
-                 shuffle: bool = True, labels: Sequence[bool] | None = None) -> list[list[int]]:
+                 shuffle: bool = True, labels: Sequence[bool] | None = None, min_size: int = 2
+                 ) -> list[list[int]]:
     """Fixed microbatch composition for a whole job.
 
     Shuffled with ``seed``; with ``group_by_length``, each window of 32
     batches is sorted by length before being cut, so a batch wastes little
     padding while batches still mix the data. A last batch of one example
-    joins the one before it (a batch of one has no KL partner).
+    joins the one before it (a batch of one has no KL partner); so does a
+    last batch under ``min_size`` (on N processes: 2N, two per shard).
 
     With ``labels`` (stratified), each batch takes its quota of each class
     (:func:`class_quotas`), both classes in their shuffled order; with
@@ -431,7 +435,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int, *, seed: int, group_by
     order = list(range(len(lengths)))
     if shuffle:
         random.Random(seed).shuffle(order)
-    sizes = _batch_sizes(len(order), batch_size)
+    sizes = _batch_sizes(len(order), batch_size, min_size)
     window = 32
     n_true = sum(1 for i in order if labels[i]) if labels is not None else 0
     if labels is None or n_true in (0, len(order)):

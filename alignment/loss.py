@@ -32,6 +32,7 @@ def kto_loss(
     beta: float,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
+    kl_estimate: torch.Tensor | None = None,
 ) -> KTOLossOutput:
     """KTO loss of a microbatch of B examples.
 
@@ -46,6 +47,8 @@ def kto_loss(
         labels: (B,) bool, True = desirable.
         beta: the KTO temperature.
         desirable_weight, undesirable_weight: lambda_D and lambda_U.
+        kl_estimate: mean(kl_policy - kl_reference) over a batch larger than this one (the global
+            microbatch of N processes, ``alignment.distributed``); None: over this batch.
 
     Returns:
         loss = mean_i loss_i, with
@@ -72,7 +75,8 @@ def kto_loss(
             if t.ndim != 1 or t.numel() == 0:
                 raise ValueError(f"{name} must have shape (M,) with M >= 1, got {tuple(t.shape)}")
         # Detached: z0 is a baseline, not something the policy may move.
-        estimate = (kl_policy_logps.detach() - kl_reference_logps.detach()).mean()
+        estimate = (kl_policy_logps.detach() - kl_reference_logps.detach()).mean() if kl_estimate is None \
+            else kl_estimate.detach().to(policy_logps.dtype)
         z0 = estimate.clamp(min=0)
 
     ratio = policy_logps - reference_logps

@@ -7,13 +7,9 @@ forward/backward each microbatch, clip, step, report, checkpoint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +17,17 @@ from pathlib import Path
 
 import torch
 
+from alignment.checkpoints import (  # noqa: F401 - CHECKPOINT_FILE, CheckpointMismatch: part of this API
+    CHECKPOINT_FILE,
+    CheckpointMismatch,
+    _fingerprint,
+    _runtime,
+    load_checkpoint,
+    save_checkpoint,
+)
 from alignment.config import KTOConfig
 from alignment.data import Batch, Example, collate, pad_token_id, plan_batches, tokenize_rows
+from alignment.distributed import World, check_shards, shards
 from alignment.logps import (
     packed_logps,
     per_sequence_logps,
@@ -36,9 +41,6 @@ from alignment.weights import ClassWeights, class_weights
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
 class TrainingCancelled(Exception):
     """Raised by train_kto when ``should_stop()`` returned True: there is no
     result, and nothing may be published. ``step`` optimiser steps were done."""
@@ -46,11 +48,6 @@ class TrainingCancelled(Exception):
     def __init__(self, step: int):
         super().__init__(f"training cancelled after {step} step(s)")
         self.step = step
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint was written for other rows, hyper-parameters, device type or dtype: it cannot
-    continue this run (the caller may delete it and start afresh)."""
 
 
 @dataclass
@@ -96,10 +93,15 @@ class Plan:
     def __init__(self, examples: Sequence[Example], config: KTOConfig):
         if len(examples) < 2 and config.kl_mode == "estimate":
             raise ValueError("KTO needs at least 2 rows (the KL estimate pairs examples within a microbatch)")
-        self.batches = plan_batches([e.num_tokens for e in examples], config.batch_size,
+        # On N processes a microbatch is the global one, N shards of batch_size (alignment.distributed).
+        self.processes = config.processes
+        self.batches = plan_batches([e.num_tokens for e in examples], config.batch_size * config.processes,
                                     seed=config.seed, group_by_length=config.group_by_length,
                                     shuffle=config.shuffle,
-                                    labels=[e.label for e in examples] if config.stratify else None)
+                                    labels=[e.label for e in examples] if config.stratify else None,
+                                    min_size=2 * config.processes)
+        if config.kl_mode == "estimate":
+            check_shards(self.batches, config.processes, batch_size=config.batch_size)
         self.seed = config.seed
         self.shuffle = config.shuffle
         self.grad_accumulation = config.grad_accumulation
@@ -213,8 +215,9 @@ class ReferenceCache:
 
     def fill(self, model, collator: Collator, batches: Sequence[Sequence[int]],
              should_stop: Callable[[], bool] | None,
-             on_rows: Callable[[int, int], None] | None = None) -> None:
-        """``on_rows(done, total)`` after each microbatch (rows whose reference log-probs are known)."""
+             on_rows: Callable[[int, int], None] | None = None, world: World | None = None) -> None:
+        """``on_rows(done, total)`` after each microbatch (rows whose reference log-probs are known).
+        On several processes each fills the shards it owns (``batches``), then the caches are summed."""
         done, total = 0, sum(len(b) for b in batches)
         for indices in batches:
             if should_stop is not None and should_stop():
@@ -228,6 +231,9 @@ class ReferenceCache:
             done += len(indices)
             if on_rows is not None:
                 on_rows(done, total)
+        if world is not None and world.size > 1:  # every example is in exactly one process's shards
+            self.matched = world.all_reduce_(self.matched.nan_to_num(0.0))
+            self.kl = world.all_reduce_(self.kl.nan_to_num(0.0))
 
     def get(self, batch: Batch, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.tensor(batch.indices)
@@ -284,83 +290,53 @@ def summarize(losses, rewards, logps, labels, kls, kl_estimates=None) -> dict:
     return summary
 
 
-# ---------------------------------------------------------------- checkpoints
+def sharded_microbatch(model, collate_fn: Collator, reference: ReferenceCache | None, indices: Sequence[int],
+                       k: int, *, scale: float, config: KTOConfig, weights: ClassWeights, world: World) -> tuple:
+    """Forward and backward of this process's shards of global microbatch ``k`` (see
+    ``alignment.distributed`` for the semantics); returns the figures of the whole microbatch, as
+    (loss, rewards, logps, labels, z0, kl estimate, tokens), identical in every process.
 
-def _runtime(device: torch.device, dtype: torch.dtype) -> dict:
-    # The device type and dtype a run computes in: a bf16 GPU checkpoint (adapter moments, reference
-    # log-probs) must not continue as a CPU fp32 run, nor the reverse. cuda:0 and cuda:1 are alike.
-    return {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
-
-
-def _fingerprint(examples: Sequence[Example], config: KTOConfig, runtime: dict) -> str:
-    """What must match for a checkpoint to continue this run."""
-    how = ("checkpoint_every", "device", "sequence_layout", "sequence_workers")  # how, not what, is computed
-    settings = {k: v for k, v in config.to_dict().items() if k not in how}
-    digest = hashlib.sha256(json.dumps([settings, runtime], sort_keys=True).encode())
-    for e in examples:
-        digest.update(json.dumps([e.prefix, e.prompt, e.completion, e.label]).encode())
-    return digest.hexdigest()
-
-
-def _trainable(model) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(path: Path, *, step, model, optimizer, scheduler, history, reference, fingerprint,
-                    runtime: dict | None = None) -> None:
-    state = {
-        "step": step,
-        "fingerprint": fingerprint,
-        "runtime": runtime,
-        "adapter": {n: p.detach().cpu().clone() for n, p in _trainable(model).items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "history": history,
-        "reference": reference.state_dict() if reference is not None else None,
-        "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "rng_python": random.getstate(),
-    }
-    path.mkdir(parents=True, exist_ok=True)
-    # A name of this process and attempt: two holders of one job (a reaped worker still alive and the
-    # new one) never write into the same temporary file; the last complete one wins the rename.
-    tmp = path / f".{CHECKPOINT_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path / CHECKPOINT_FILE)  # atomic: a crash leaves the previous checkpoint
-    finally:
-        tmp.unlink(missing_ok=True)
-    log.info("checkpoint at step %d in %s", step, path)
-
-
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, reference, fingerprint,
-                    runtime: dict | None = None) -> tuple[int, list[dict]]:
-    state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    saved = state.get("runtime")
-    if runtime is not None and saved is not None and saved != runtime:
-        raise CheckpointMismatch(
-            f"checkpoint in {path} was written on {saved['device']} in {saved['dtype']}, this run is on "
-            f"{runtime['device']} in {runtime['dtype']}; resume with the same device and dtype, or delete it"
-        )
-    if state["fingerprint"] != fingerprint:
-        raise CheckpointMismatch(
-            f"checkpoint in {path} was written for other rows or hyper-parameters; "
-            "delete it or train with resume=False"
-        )
-    params = _trainable(model)
-    with torch.no_grad():
-        for name, value in state["adapter"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if reference is not None and state["reference"] is not None:
-        reference.load_state_dict(state["reference"])
-    torch.set_rng_state(state["rng_torch"])
-    if state["rng_cuda"]:
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    random.setstate(state["rng_python"])
-    log.info("resumed from step %d in %s", state["step"], path)
-    return state["step"], list(state["history"])
+    Each process writes its values into its examples' slots of zero tensors, which are then summed
+    over processes: adding zeros is exact, so the figures (and z0) do not depend on who computed what.
+    """
+    parts, m = shards(indices, config.processes), len(indices)
+    starts = [sum(len(p) for p in parts[:s]) for s in range(len(parts))]
+    device = collate_fn.device
+    kl_sums = torch.zeros(len(parts), dtype=torch.float64, device=device)
+    local = []
+    for s, part in enumerate(parts):
+        if not world.mine(s):
+            continue
+        batch = collate_fn(part, microbatch=k)
+        if not batch.per_sequence:  # padded forwards draw dropout from torch's generator: seed it per shard
+            torch.manual_seed(dropout_seed(config.seed, k, -1 - s))
+        ref, ref_kl = reference.get(batch, device) if reference is not None else reference_logps(model, batch)
+        policy, policy_kl = pair_logps(model, batch)
+        if policy_kl is not None:
+            kl_sums[s] = (policy_kl.detach() - ref_kl.detach()).double().sum()
+        local.append((s, batch, policy, ref, policy_kl, ref_kl))
+    with_kl = config.kl_mode == "estimate"
+    estimate = world.all_reduce_(kl_sums).sum() / m if with_kl else None
+    # rows: loss, reward, logp of each example of the microbatch; plus the tokens of each shard
+    figures = torch.zeros(3, m, dtype=torch.float32, device=device)
+    tokens = torch.zeros(len(parts), dtype=torch.float64, device=device)
+    for s, batch, policy, ref, policy_kl, ref_kl in local:
+        out = kto_loss(policy, ref, policy_kl, ref_kl, batch.labels, beta=config.beta,
+                       desirable_weight=weights.desirable, undesirable_weight=weights.undesirable,
+                       kl_estimate=estimate)
+        (out.losses.sum() * (scale / m)).backward()
+        span = slice(starts[s], starts[s] + len(batch.indices))
+        figures[0, span], figures[1, span], figures[2, span] = out.losses.detach(), out.rewards, policy.detach()
+        tokens[s] = batch.num_tokens
+    world.all_reduce_(figures)
+    world.all_reduce_(tokens)
+    labels = torch.tensor([collate_fn.examples[i].label for i in indices], device=device)
+    if estimate is None:
+        z0 = est = torch.zeros((), device=device)
+    else:
+        est = estimate.float()
+        z0 = est.clamp(min=0)
+    return figures[0].mean(), figures[1], figures[2], labels, z0, est, int(tokens.sum())
 
 
 # ---------------------------------------------------------------- the trainer
@@ -377,6 +353,7 @@ def train_kto(
     resume: bool = False,
     on_phase: Callable[[str], None] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``rows`` with the KTO loss.
 
@@ -396,7 +373,11 @@ def train_kto(
     every N steps; ``resume=True`` continues from it (a fresh start when there
     is none), giving the same losses as an uninterrupted run. ``on_checkpoint(file)`` is called
     after each one is written (the worker copies it to the artifact store, for another host).
+
+    ``config.processes`` > 1: data parallel (``alignment.distributed``); ``world`` says which process this
+    is (default: one process computing every shard). Only the main process writes checkpoints.
     """
+    world = world or World()
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     seed_everything(config.seed)
@@ -432,7 +413,8 @@ def train_kto(
     if reference is not None and bool(reference.matched.isnan().any()):  # not restored from a checkpoint
         started = time.perf_counter()
         on_rows = (lambda done, total: on_phase(f"reference pass {done}/{total}")) if on_phase else None
-        reference.fill(model, collate_fn, plan.batches, should_stop, on_rows)
+        own = [part for b in plan.batches for s, part in enumerate(shards(b, config.processes)) if world.mine(s)]
+        reference.fill(model, collate_fn, own, should_stop, on_rows, world)
         reference_s = time.perf_counter() - started
         log.info("reference log-probs of %d examples in %.1f s", len(examples), reference_s)
 
@@ -444,6 +426,14 @@ def train_kto(
         micro = plan.step_microbatches(step)
         losses, rewards, logps, labels, kls, kl_estimates, tokens = [], [], [], [], [], [], 0
         for k in micro:
+            if config.processes > 1:
+                figures = sharded_microbatch(model, collate_fn, reference, plan.microbatch(k), k,
+                                             scale=1 / len(micro), config=config, weights=weights, world=world)
+                for out, figure in zip((losses, rewards, logps, labels, kls, kl_estimates), figures[:6],
+                                       strict=True):
+                    out.append(figure)
+                tokens += figures[6]
+                continue
             batch = collate_fn(plan.microbatch(k), microbatch=k)
             if reference is not None:
                 ref, ref_kl = reference.get(batch, device)
@@ -460,6 +450,7 @@ def train_kto(
             kls.append(out.kl)
             kl_estimates.append(out.kl_estimate)
             tokens += batch.num_tokens
+        world.all_reduce_grads_(params)  # the global microbatch's gradient, in every process
 
         clip = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -481,7 +472,7 @@ def train_kto(
         history.append(metrics)
         if on_progress is not None:
             on_progress(step + 1, plan.total_steps, metrics)
-        if ckpt is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
+        if ckpt is not None and world.is_main and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
             save_checkpoint(ckpt, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
                             history=history, reference=reference, fingerprint=fingerprint, runtime=runtime)
             if on_checkpoint is not None:
@@ -503,6 +494,7 @@ def train_kto(
         # How the work was laid out (auto resolves by device): what a throughput figure depends on.
         "sequence_layout": "per_sequence" if collate_fn.per_sequence else "batched",
         "sequence_workers": collate_fn.workers if collate_fn.per_sequence else 1,
+        "processes": config.processes,
     })
     targets = sorted(next(iter(model.peft_config.values())).target_modules or [])
     return TrainResult(model=model, history=history, metrics=final, weights=weights, config=config,

@@ -1,7 +1,8 @@
 """The `prospect` command line.
 
 `prospect up` (core/cli_up.py) runs the whole embedded stack (API, one Celery
-worker, beat) as child processes; the other commands manage the database and
+worker, beat) as child processes; `prospect worker` and `prospect beat`
+(core/cli_roles.py) run one role each, for hosts of their own; the other commands manage the database and
 API keys. The CLI imports neither the API nor the worker: it starts them as
 processes. core/cli_run.py says how every command ends (messages, exit codes).
 """
@@ -19,6 +20,7 @@ from core.cli_jobs import jobs_app
 from core.cli_live import rollouts_app
 from core.cli_output import JsonOption, print_rows
 from core.cli_resources import adapters_app, models_app, snapshots_app
+from core.cli_roles import beat, worker
 from core.cli_run import ProspectTyper, database_engine
 from core.cli_try import adapters_try  # noqa: F401 - registers `adapters try`
 from core.cli_up import redact, up
@@ -108,6 +110,8 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (see `p
 
 
 app.command()(up)
+app.command()(worker)
+app.command()(beat)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import httpx
 import typer
 
 from core import keys as keys_mod
+from core.cli_roles import QUEUES, beat_command, worker_command
 from core.cli_run import CliError
 from core.db import get_engine, session_scope
 from core.instance import remove_instance, running_instance, url_for, write_instance
@@ -81,19 +82,11 @@ def check_port_free(host: str, port: int) -> None:
 
 def children(host: str, port: int) -> list[tuple[str, list[str]]]:
     settings = get_settings()
-    py = sys.executable
     return [
-        ("api", [py, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", host, "--port", str(port)]),
-        (
-            "worker",
-            [py, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "training,default",
-             "--concurrency", "2", "--loglevel", settings.log_level, "-n", "prospect@%h"],
-        ),
-        (
-            "beat",
-            [py, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel", settings.log_level,
-             "-s", str(settings.data_path / "celerybeat-schedule")],
-        ),
+        ("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", host,
+                 "--port", str(port)]),
+        ("worker", worker_command(settings, queues=list(QUEUES), concurrency=2)),
+        ("beat", beat_command(settings)),
     ]
 
 

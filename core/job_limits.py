@@ -22,6 +22,7 @@ BOUNDS = {
     "lora_r": "job_max_lora_r",
     "lora_alpha": "job_max_lora_alpha",
     "sequence_workers": "job_max_sequence_workers",
+    "processes": "job_max_processes",
 }
 
 

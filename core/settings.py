@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="Unreferenced artifacts younger than this may belong to a write in flight and "
         "are kept by the orphan sweep."
     )
+    train_processes: int = Field(
+        1, ge=1, description="Processes a job trains on when its config sets no processes (torchrun on this "
+        "worker: one per GPU with NCCL, gloo on CPU; README: Training on several processes)."
+    )
+    job_max_processes: int = Field(8, ge=1, description="Largest config.processes.")
     base_model_dirs: list[Path] = Field(
         default_factory=list,
         description="Folders (JSON list) base models may be registered from, besides data_dir/models.",

@@ -322,6 +322,8 @@ class _Run:
             raise JobFailed(f"invalid config: {exc}") from exc
         if "checkpoint_every" not in job.config:
             config = dataclasses.replace(config, checkpoint_every=self.settings.checkpoint_every_steps)
+        if "processes" not in job.config:
+            config = dataclasses.replace(config, processes=self.settings.train_processes)
 
         with self._phase("snapshot"):
             snapshot = self._snapshot(job)
@@ -334,6 +336,10 @@ class _Run:
         if n_train < 2:
             raise JobFailed(f"snapshot {snapshot.id} has {n_train} training row(s) after holding out "
                             f"{len(split.heldout)}; collect more feedback")
+        if n_train < 2 * config.processes:  # each process pairs KL partners within its own share
+            raise JobFailed(f"training on {config.processes} processes needs >= {2 * config.processes} training "
+                            f"rows (2 per process), the snapshot has {n_train}: set config.processes lower "
+                            "(PROSPECT_TRAIN_PROCESSES is the worker's default) or collect more feedback")
         shortfall = heldout_shortfall(split, options)
         if shortfall and not job.force_publish:
             raise JobFailed(shortfall, {"split": {"train": train_counts, "heldout": heldout_counts}})
@@ -353,7 +359,7 @@ class _Run:
             model, tokenizer = self._load_base(base)
         with self._phase("train"):
             result = self._train(live, model, tokenizer, split.train_rows, config,
-                                 reload=lambda: self._load_base(base)[0])
+                                 reload=lambda: self._load_base(base)[0], base_path=base.path)
         if result is None:
             return self._stopped(live)
         self.model = result.model
@@ -434,26 +440,32 @@ class _Run:
         log.info("job %s: step %d/%d loss %.4f kl %.4f", self.job_id, step, total, metrics.get("loss") or 0.0,
                  metrics.get("kl") or 0.0)
 
-    def _train(self, live: Liveness, model, tokenizer, rows: Callable[[], Iterator[dict]], config, *, reload):
+    def _train(self, live: Liveness, model, tokenizer, rows: Callable[[], Iterator[dict]], config, *, reload,
+               base_path: str):
         from alignment.train import CheckpointMismatch, TrainingCancelled, train_kto
+        from worker.train_launch import LaunchRefused, train_in_processes
 
         mirror = checkpoint_mirror(self.settings, self.job_id)
         ckpt = mirror.folder
         mirror.restore()  # written by a worker on another host that died
-        # "reference pass n/N" before step 1; each checkpoint copied to the store
-        train_kto = functools.partial(train_kto, on_phase=self._report_phase, on_checkpoint=mirror.push)
+        # "reference pass n/N" before step 1; on N processes torchrun runs it (worker.train_launch).
+        # Each checkpoint is copied to the store, for another host.
+        train = functools.partial(train_kto, resume=True) if config.processes == 1 else functools.partial(
+            train_in_processes, base_path=base_path, work=self.settings.data_path / "distributed" / self.job_id)
+        train = functools.partial(train, on_phase=self._report_phase, on_progress=self._on_progress,
+                                  should_stop=live.should_stop, checkpoint_dir=ckpt, on_checkpoint=mirror.push)
         try:
             try:
-                return train_kto(model, tokenizer, rows(), config, on_progress=self._on_progress,
-                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
+                return train(model, tokenizer, rows(), config)
             except CheckpointMismatch as exc:
                 # E.g. written by a GPU worker in bf16, and this is a CPU worker: start afresh.
                 log.warning("job %s: %s; starting from scratch", self.job_id, exc)
                 mirror.remove()
-                return train_kto(reload(), tokenizer, rows(), config, on_progress=self._on_progress,
-                                 should_stop=live.should_stop, checkpoint_dir=ckpt, resume=True)
+                return train(reload(), tokenizer, rows(), config)
         except TrainingCancelled:
             return None
+        except LaunchRefused as exc:
+            raise JobFailed(str(exc)) from exc
 
     def _stopped(self, live: Liveness) -> str:
         """Why should_stop said stop, as this delivery's outcome."""

@@ -97,6 +97,8 @@ def test_post_job_queues_it_and_sends_the_task(api, settings, engine):
     ({"config": {"grad_accumulation": 10**6}}, 422, "config.grad_accumulation"),
     ({"config": {"max_length": 10**7}}, 422, "config.max_length"),
     ({"config": {"lora_r": 4096}}, 422, "config.lora_r"),
+    ({"config": {"processes": 9}}, 422, "config.processes: 9 exceeds this server's limit of 8"),
+    ({"config": {"processes": 0}}, 422, "processes must be > 0"),
 ])
 def test_post_job_rejects_bad_input_with_a_message(api, settings, engine, payload, status, message):
     body = {"adapter": "bot", "base_model": "tiny", **payload}

@@ -1,17 +1,13 @@
 """bench/train.py end to end on the tiny model: the JSON line has its figures and Prospect's loss agrees
 with TRL's on the same adapter and batch. Needs the `bench` extra (TRL); skipped without it."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.bench.benchkit import run_bench
 
 pytest.importorskip("trl", reason="TRL is in the `bench` extra: pip install -e '.[bench]'")
 pytest.importorskip("datasets", reason="datasets is in the `bench` extra")
 
-ROOT = Path(__file__).resolve().parents[2]
 FIELDS = ("prospect_tokens_per_s", "trl_tokens_per_s", "trl_default_tokens_per_s", "trl_precompute_tokens_per_s",
           "speedup", "prospect_peak_mb", "trl_peak_mb", "parity_loss_prospect", "parity_loss_trl",
           "parity_loss_abs_diff", "parity_kl_abs_diff", "prospect_final_loss", "trl_final_loss")
@@ -19,12 +15,7 @@ FIELDS = ("prospect_tokens_per_s", "trl_tokens_per_s", "trl_default_tokens_per_s
 
 @pytest.mark.slow
 def test_tiny_benchmark_prints_figures_and_parity_holds():
-    proc = subprocess.run([sys.executable, "bench/train.py", "--model", "tiny", "--steps", "2"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, proc.stdout
-    out = json.loads(lines[0])
+    out = run_bench("train.py", "--model", "tiny", "--steps", "2")
     for name in FIELDS:
         assert isinstance(out[name], float) and out[name] == out[name], name  # present, a number, not NaN
     assert out["tokens_match"] is True  # both trainers saw the same prompt + completion tokens

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from core.settings import Settings
+from tests.processes import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,15 +43,6 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> http
 def _children_of(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in out.stdout.split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 @pytest.mark.slow
@@ -106,4 +98,4 @@ def test_up_serves_and_stops_cleanly(services, tmp_path, request):
     assert key.startswith("pk_") and f"export PROSPECT_API_KEY={key}" in out
     assert "Celery" not in out and (data / "logs" / "worker.log").stat().st_size > 0  # children log to files
     assert "stopped" in out and not (data / "instance.json").exists()
-    assert not any(_alive(pid) for pid in children)
+    assert not any(alive(pid) for pid in children)

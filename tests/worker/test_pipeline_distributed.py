@@ -1,0 +1,64 @@
+"""A job on 2 processes (torchrun, gloo): trains, publishes once; a cancel stops every rank; too few rows
+per process fail before anything loads, saying how to fix it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from core import jobs
+from core.db import session_scope
+from tests.processes import alive
+from tests.worker.jobkit import TINY_CONFIG
+from tests.worker.test_pipeline import _job, _state, stack, tiny_dir  # noqa: F401 - fixtures
+from worker.pipeline import checkpoint_dir, run_job
+
+
+@pytest.mark.slow
+def test_a_job_on_two_processes_by_setting_trains_and_publishes(stack):  # noqa: F811
+    settings = stack["settings"].model_copy(update={"train_processes": 2})
+    job_id = _job(stack["engine"])
+    outcome = run_job(job_id, settings=settings)
+    job, n_metrics, n_versions = _state(stack["engine"], job_id)
+    assert (outcome.status, job.status, job.error) == ("succeeded", "succeeded", None)
+    assert (job.progress_step, job.progress_total, n_metrics, n_versions) == (12, 12, 12, 1)
+    assert job.eval_metrics["train"]["processes"] == 2
+    assert job.eval_metrics["adapter"]["loss"] < job.eval_metrics["reference"]["loss"]
+    assert not (settings.data_path / "distributed" / job_id).exists()  # the rows' copy is gone
+    assert not checkpoint_dir(settings, job_id).exists()
+
+
+@pytest.mark.slow
+def test_cancelling_a_job_on_two_processes_stops_every_rank(stack):  # noqa: F811
+    settings, engine = stack["settings"], stack["engine"]
+    job_id = _job(engine, config={**TINY_CONFIG, "max_steps": 500, "processes": 2})
+    ranks_dir = settings.data_path / "distributed" / job_id / "ranks"
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(o=run_job(job_id, settings=settings)))
+    thread.start()
+    pids: list[int] = []
+    try:
+        for _ in range(1200):
+            if _state(engine, job_id)[0].progress_step >= 2 and ranks_dir.exists():
+                pids = [int(f.read_text()) for f in ranks_dir.glob("*.pid")]
+                if len(pids) == 2:
+                    break
+            time.sleep(0.1)
+        with session_scope(engine) as s:
+            jobs.request_cancel(s, job_id=job_id)
+    finally:
+        thread.join(timeout=120)
+    job, _, n_versions = _state(engine, job_id)
+    assert len(pids) == 2 and outcome["o"].status == "cancelled" and job.status == "cancelled"
+    assert n_versions == 0 and job.progress_step < 500
+    assert not any(alive(pid) for pid in pids), "a rank outlived the cancel"
+
+
+def test_too_few_rows_per_process_fail_up_front(stack):  # noqa: F811
+    job_id = _job(stack["engine"], config={**TINY_CONFIG, "processes": 15})
+    assert run_job(job_id, settings=stack["settings"]).status == "failed"
+    job, n_metrics, _ = _state(stack["engine"], job_id)
+    assert "training on 15 processes needs >= 30 training rows (2 per process), the snapshot has 28" in job.error
+    assert "set config.processes lower" in job.error and n_metrics == 0
