@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
-from core.feedback import IngestResult, PreparedEvent, _write, ingest_prepared
+from core import feedback
+from core.feedback import IngestResult, PreparedEvent
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def ingest_group(engine: Engine, prepared: Sequence[PreparedEvent]) -> list[Outc
     results: list[IngestResult | None] = [None] * len(group)
     try:
         with engine.begin() as conn:
-            _write(conn, group, results)
+            feedback._write(conn, group, results)
     except Exception as exc:  # noqa: BLE001 - each row is retried alone and gets its own outcome
         log.info("a group of %d events failed (%s: %s); writing them one at a time",
                  len(group), type(exc).__name__, exc)
@@ -44,6 +45,6 @@ def ingest_group(engine: Engine, prepared: Sequence[PreparedEvent]) -> list[Outc
 
 def _alone(engine: Engine, prepared: PreparedEvent) -> Outcome:
     try:
-        return ingest_prepared(engine, prepared)
+        return feedback.ingest_prepared(engine, prepared)
     except Exception as exc:  # noqa: BLE001 - handed to the request that sent this event
         return exc

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     )
     ingest_group_max_events: int = Field(500, ge=1, description="Most single events in one group commit.")
     ingest_group_writers: int = Field(
-        4, ge=1, description="Group commits one API process runs at once; events arriving meanwhile wait for the next."
+        8, ge=1, description="Group commits one API process runs at once on Postgres (1 on SQLite); events arriving "
+        "meanwhile wait for the next."
     )
     max_import_rows: int = Field(20_000, ge=1, description="Most rows in one POST /v1/feedback/import.")
     auth_failures_per_minute: float = Field(
