@@ -1,6 +1,7 @@
 """Ingestion benchmark: the API's single-event path against a bare endpoint and raw psycopg, on Postgres.
 
     make bench-ingest      (= .venv/bin/python bench/ingest.py; about 90 s)
+    .venv/bin/python bench/ingest.py --no-sqlite --seconds 4    (about 45 s)
 
 Creates a fresh Postgres database, migrates it, creates a key, and measures in one run, every
 server under the same uvicorn settings (``--workers``, no access log) and the same load
@@ -12,7 +13,8 @@ generator (bench/httpload.py, ``--concurrency`` keep-alive connections, in this 
   one commit per request: the floor of this architecture (uvicorn, threads, psycopg);
   these three in interleaved rounds, so a machine whose speed drifts weighs on each alike;
   ``single_vs_bare`` is the ratio of requests/s;
-- ``single_*_at_half_bare``: p50/p99 of the API in an open loop offered half of ``bare_req_per_s``;
+- ``single_*_at_half_bare``: p50/p99 of the API in an open loop offered half of ``bare_req_per_s``
+  (``bare_*_at_half_bare``: the bare endpoint under the same offered load, for reference);
 - ``batch``: ``POST /v1/feedback/batch`` of ``--batch-size`` events, 2 connections: events/s;
 - ``raw_commits_per_s``: one-row commits of the same statement straight from psycopg, at the
   same concurrency (``--workers`` processes of threads, one connection each);
@@ -274,10 +276,11 @@ def main() -> None:
                 {"bare": (bare, key), "single": (single, key), other: (alt, key)}, body("c"), **closed))
             figures["mean_group_events"] = mean_group(single if group else alt)
             half = figures["bare_req_per_s"] / 2
-            log.info("API, open loop at half the bare rate (%.0f/s); then batches", half)
-            at_half = asyncio.run(open_loop(single, key, body("o"), prefix="half", rate=half,
-                                            seconds=args.seconds, warmup=args.warmup))
-            figures |= {k.replace("half_", "single_") + "_at_half_bare": v for k, v in at_half.items()}
+            log.info("open loop at half the bare rate (%.0f/s): the API, then the bare endpoint; then batches", half)
+            for name, port in (("single", single), ("bare", bare)):
+                at_half = asyncio.run(open_loop(port, key, body(f"o{name}"), prefix="x", rate=half,
+                                                seconds=args.seconds, warmup=args.warmup))
+                figures |= {f"{name}_{k[2:]}_at_half_bare": v for k, v in at_half.items()}
             figures |= asyncio.run(run_batch(single, key, batches=args.batches, size=args.batch_size))
         log.info("raw psycopg: one-row commits on %d connections, then executemany and COPY", args.concurrency)
         figures |= run_raw_commits(url, concurrency=args.concurrency, processes=args.workers, seconds=args.seconds,

@@ -100,18 +100,18 @@ async def post_feedback(request: Request, principal: IngestKey) -> Response:
     """201 created; 200 when the same event_id with the same content is stored already; 409 when the
     content differs."""
     event = parse_event(_loads(await _read_body(request)))
-    state = request.app.state
+    state, settings = request.app.state, request.app.state.settings
     try:
-        prepared = feedback.prepare_event(event, limits=_limits(request), api_key_id=principal.key_id)
-        if state.settings.ingest_group_commit:
-            settings = state.settings
+        if settings.ingest_group_commit:
+            prepared = feedback.prepare_event(event, limits=_limits(request), api_key_id=principal.key_id)
             # SQLite has one write lock: more writers than one per process would only queue on it.
             writers = 1 if state.engine.dialect.name == "sqlite" else settings.ingest_group_writers
             committer = group_commit.for_loop(state, state.engine, max_events=settings.ingest_group_max_events,
                                               writers=writers)
             result = feedback.raise_conflict(await committer.ingest(prepared))
         else:
-            result = feedback.raise_conflict(await run_in_threadpool(feedback.ingest_prepared, state.engine, prepared))
+            result = await run_in_threadpool(feedback.ingest_event, state.engine, event=event,
+                                             limits=_limits(request), api_key_id=principal.key_id)
     except (Conflict, InvalidInput, PayloadTooLarge) as exc:
         metrics.feedback_ingested([("conflict" if isinstance(exc, Conflict) else "invalid", event.label)])
         raise
