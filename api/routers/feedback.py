@@ -4,7 +4,9 @@ Handlers read the body themselves, bounded by ``max_body_bytes`` (413 from the
 Content-Length or from the bytes actually received), and parse it with
 orjson: invalid JSON or invalid UTF-8 is a 422, and one bad batch item does
 not turn the whole batch into a 422. The blocking database work runs in the
-thread pool; a 2xx is sent only after the commit.
+thread pool; a 2xx is sent only after the commit. Concurrent single events are
+written in group commits (``api.group_commit``), and ``POST /v1/feedback``
+reaches ``post_feedback`` without the framework's routing (``api.fast_ingest``).
 """
 
 from __future__ import annotations
