@@ -1,9 +1,10 @@
 """Coalesces the concurrent ``POST /v1/feedback`` requests of one API process into group commits.
 
-A request hands its validated event to the process's GroupCommitter and waits. While a group
-is being written (in a thread), newly arrived events queue; when the write ends, the next
-group takes everything queued (up to ``max_events``). So a lone request is written at once,
-as before, and under load one transaction serves many requests instead of one each. Each
+A request hands its validated event to the process's GroupCommitter and waits. While
+``writers`` groups are being written (each in a thread), newly arrived events queue; when a
+write ends, its writer takes everything queued (up to ``max_events``) as its next group. So a
+lone request is written at once, as before, and under load one transaction serves many
+requests instead of one each. Each
 request is answered from its own outcome, only after the group's commit returned
 (``core.feedback_group``): a 2xx is never sent for an event that is not committed.
 """
