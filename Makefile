@@ -31,7 +31,7 @@ test: install
 bench-install: install
 	$(PIP) -e '.[dev,bench]'
 
-bench-ingest: bench-install
+bench-ingest: install
 	$(PY) bench/ingest.py
 
 bench-snapshot: bench-install

@@ -43,20 +43,26 @@ async def current_principal(request: Request) -> Principal:
     return principal
 
 
+async def authorize(request: Request, scope: str, *alternatives: str) -> Principal:
+    """The caller's key, if it holds ``scope`` (or one of ``alternatives``; admin implies all) and is within
+    its rate limit."""
+    principal = await current_principal(request)
+    if not principal.scopes & set(alternatives):
+        principal.require(scope)
+    limiter = request.app.state.rate_limiter
+    if limiter is not None:
+        if getattr(limiter, "blocking", False):
+            await run_in_threadpool(limiter.check, principal.key_id)
+        else:
+            limiter.check(principal.key_id)
+    return principal
+
+
 def require_scope(scope: str, *alternatives: str) -> Callable[..., Awaitable[Principal]]:
     """The key must hold ``scope`` (or one of ``alternatives``; admin implies all)."""
     # Async so the hot path (cached key, in-process bucket) stays on the event loop.
     async def dependency(request: Request) -> Principal:
-        principal = await current_principal(request)
-        if not principal.scopes & set(alternatives):
-            principal.require(scope)
-        limiter = request.app.state.rate_limiter
-        if limiter is not None:
-            if getattr(limiter, "blocking", False):
-                await run_in_threadpool(limiter.check, principal.key_id)
-            else:
-                limiter.check(principal.key_id)
-        return principal
+        return await authorize(request, scope, *alternatives)
 
     dependency.__name__ = f"require_{scope}"
     return dependency

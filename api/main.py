@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
-
 from api.allow import install_allow
 from api.auth import Authenticator
 from api.docs import install_docs
 from api.errors import install_error_handlers
+from api.fast_ingest import App, install_fast_ingest
 from api.guard import GuardMiddleware
 from api.metrics import MetricsMiddleware
 from api.metrics import router as metrics_router
@@ -34,11 +33,11 @@ from core.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> App:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     settings.ensure_dirs()
-    app = FastAPI(
+    app = App(
         title="Prospect",
         version="0.1.0",
         description="Thumbs-up/down feedback in, KTO-aligned LoRA adapters out.",
@@ -72,4 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_ui(app)
     install_docs(app)
     app.add_middleware(MetricsMiddleware)
+    install_fast_ingest(app)
     return app

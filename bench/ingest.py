@@ -1,22 +1,29 @@
-"""Ingestion benchmark: the API (uvicorn, 2 workers) against the local Postgres, vs raw psycopg inserts.
+"""Ingestion benchmark: the API's single-event path against a bare endpoint and raw psycopg, on Postgres.
 
-    .venv/bin/python bench/ingest.py [--pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+    make bench-ingest      (= .venv/bin/python bench/ingest.py; about 90 s)
+    .venv/bin/python bench/ingest.py --no-sqlite --seconds 4    (about 45 s)
 
-Creates a fresh database, migrates it, creates a key, starts uvicorn on a
-loopback port, then measures in one run:
+Creates a fresh Postgres database, migrates it, creates a key, and measures in one run, every
+server under the same uvicorn settings (``--workers``, no access log) and the same load
+generator (bench/httpload.py, ``--concurrency`` keep-alive connections, in this process):
 
-- single: POST /v1/feedback with ``--concurrency`` keep-alive connections for
-  ``--seconds`` (after a warm-up): requests/s, p50/p99 latency;
-- batch: POST /v1/feedback/batch of ``--batch-size`` events, 2 connections:
-  events/s;
-- raw: the same kind of rows (events + their votes) written directly with
-  psycopg executemany, one transaction per ``--batch-size`` rows, into the
-  same tables of the same database: rows/s; and COPY of the event rows, for
-  reference.
+- ``single``: ``POST /v1/feedback`` of the API at its settings (group commit as configured);
+  ``single_group_commit_on|off``: the same API with group commit the other way;
+- ``bare``: bench/bare_app.py, a bare ASGI endpoint running the API's one-statement insert with
+  one commit per request: the floor of this architecture (uvicorn, threads, psycopg);
+  these three in interleaved rounds, so a machine whose speed drifts weighs on each alike;
+  ``single_vs_bare`` is the ratio of requests/s;
+- ``single_*_at_half_bare``: p50/p99 of the API in an open loop offered half of ``bare_req_per_s``
+  (``bare_*_at_half_bare``: the bare endpoint under the same offered load, for reference);
+- ``batch``: ``POST /v1/feedback/batch`` of ``--batch-size`` events, 2 connections: events/s;
+- ``raw_commits_per_s``: one-row commits of the same statement straight from psycopg, at the
+  same concurrency (``--workers`` processes of threads, one connection each);
+- ``raw_executemany_rows_s`` / ``raw_copy_events_only_rows_s``: the rows of the batch phase
+  written by psycopg executemany (events + votes), and COPY of the events alone;
+- ``sqlite_single``: the API's single-event path on the embedded default (SQLite), closed loop.
 
-The load generator is a minimal asyncio HTTP/1.1 client in this process (it
-shares the machine's cores with the server). Prints ONE JSON line; drops the
-database afterwards.
+Prints ONE JSON line (with the 1-minute load average: figures from a busy machine say so);
+drops the database afterwards.
 """
 
 from __future__ import annotations
@@ -26,14 +33,17 @@ import asyncio
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -42,9 +52,12 @@ from sqlalchemy import create_engine, make_url, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bare_app import SQL, row
+from bench.httpload import Conn, closed_rounds, get, open_loop
 from core.db import make_engine, session_scope
 from core.keys import create_key
 from core.migrate import upgrade
+from core.settings import Settings
 
 log = logging.getLogger("bench.ingest")
 PROMPT = "Summarise the following paragraph in one sentence: " + "lorem ipsum dolor sit amet " * 8
@@ -56,78 +69,20 @@ def event(i: int, tag: str) -> dict:
             "label": "up" if i % 3 else "down", "user_id": f"user-{i % 5000}", "model": "adapter@1"}
 
 
+def body(tag: str):
+    return lambda i: json.dumps(event(i, tag)).encode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class Conn:
-    """One keep-alive HTTP/1.1 connection; just enough client to time requests cheaply."""
-
-    def __init__(self, port: int, key: str) -> None:
-        self.port, self.key = port, key
-
-    async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-
-    async def post(self, path: str, body: bytes) -> int:
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {self.key}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-        self.writer.write(head + body)
-        status_line = await self.reader.readline()
-        length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        await self.reader.readexactly(length)
-        return int(status_line.split()[1])
-
-
-async def run_single(port: int, key: str, *, concurrency: int, seconds: float, warmup: float) -> dict:
-    conns = [Conn(port, key) for _ in range(concurrency)]
-    for c in conns:
-        await c.open()
-    latencies: list[float] = []
-    errors = 0
-    counter = iter(range(10**9))
-    t_start = time.perf_counter()
-    t_measure, t_end = t_start + warmup, t_start + warmup + seconds
-
-    async def worker(c: Conn) -> None:
-        nonlocal errors
-        while (now := time.perf_counter()) < t_end:
-            body = json.dumps(event(next(counter), "s")).encode()
-            status = await c.post("/v1/feedback", body)
-            done = time.perf_counter()
-            if now >= t_measure:
-                latencies.append(done - now)
-                errors += status != 201
-
-    await asyncio.gather(*(worker(c) for c in conns))
-    for c in conns:
-        c.writer.close()
-    latencies.sort()
-    return {
-        "single_req_s": round(len(latencies) / seconds, 1),
-        "single_p50_ms": round(1000 * statistics.median(latencies), 2),
-        "single_p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 2),
-        "single_requests": len(latencies),
-        "single_errors": errors,
-        "concurrency": concurrency,
-    }
-
-
 async def run_batch(port: int, key: str, *, batches: int, size: int) -> dict:
     bodies = [json.dumps({"events": [event(b * size + i, "b") for i in range(size)]}).encode()
               for b in range(batches)]
-    conns = [Conn(port, key) for _ in range(2)]
-    for c in conns:
-        await c.open()
+    conns = [await Conn(port, key).open() for _ in range(2)]
     queue = list(reversed(bodies))
     statuses: list[int] = []
 
@@ -188,6 +143,44 @@ def run_raw(url: str, *, n: int, size: int) -> dict:
     return {"raw_executemany_rows_s": round(n / executemany_s, 1), "raw_copy_events_only_rows_s": round(n / copy_s, 1)}
 
 
+def _commit_threads(dsn: str, threads: int, proc: int, start: float, warmup: float, seconds: float, out) -> None:
+    t_measure, t_end = start + warmup, start + warmup + seconds
+    counts = [0] * threads
+
+    def worker(k: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            params = (row(event(i, f"rawc{proc}.{k}")) for i in range(10**9))
+            while time.time() < start:
+                time.sleep(0.01)
+            while (now := time.time()) < t_end:
+                conn.execute(SQL, next(params))
+                counts[k] += now >= t_measure
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    out.put(sum(counts))
+
+
+def run_raw_commits(url: str, *, concurrency: int, processes: int, seconds: float, warmup: float) -> dict:
+    """``concurrency`` connections (``processes`` processes of threads, as the API's workers) committing the
+    API's one-row statement (event + vote, autocommit) back to back: what Postgres gives one-row commits."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    start = time.time() + 1.0
+    procs = [ctx.Process(target=_commit_threads, args=(dsn, concurrency // processes + (k < concurrency % processes),
+                                                       k, start, warmup, seconds, out)) for k in range(processes)]
+    for p in procs:
+        p.start()
+    total = sum(out.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return {"raw_commits_per_s": round(total / seconds, 1)}
+
+
 def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -204,61 +197,111 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None
     raise RuntimeError("uvicorn did not become ready")
 
 
+def mean_group(port: int) -> float | None:
+    """Mean events per group commit so far, from the server's /metrics (None: no group written)."""
+    text_ = asyncio.run(get(port, "/metrics")).decode()
+    values = {}
+    for line in text_.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("prospect_ingest_group_events_sum", "prospect_ingest_group_events_count"):
+            values[name.rsplit("_", 1)[1]] = float(value)
+    return round(values["sum"] / values["count"], 1) if values.get("count") else None
+
+
+@contextmanager
+def serving(target: list[str], env: dict[str, str], workers: int) -> Iterator[int]:
+    """uvicorn with the same settings for every app measured; yields its port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", *target, "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--no-access-log", "--log-level", "warning"], cwd=REPO, env=env)
+    try:
+        wait_ready(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def new_key(url: str) -> str:
+    upgrade(url)
+    engine = make_engine(url)
+    with session_scope(engine) as s:
+        key = create_key(s, name="bench", scopes="ingest")[1]
+    engine.dispose()
+    return key
+
+
+API = ["--factory", "api.main:create_app"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pg-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                     help="an existing database to connect to for CREATE/DROP DATABASE")
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds of each server or phase")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds the closed-loop seconds are cut into")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-sqlite", action="store_true", help="skip the embedded-default (SQLite) phase")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    closed = {"concurrency": args.concurrency, "seconds": args.seconds, "warmup": args.warmup, "rounds": args.rounds}
 
     name = f"prospect_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
-    proc = None
     try:
-        upgrade(url)
-        engine = make_engine(url)
-        with session_scope(engine) as s:
-            key = create_key(s, name="bench", scopes="ingest")[1]
-        engine.dispose()
-        port = free_port()
+        key = new_key(url)
         tmp = tempfile.mkdtemp(prefix="prospect-bench-")
         env = {**os.environ, "PROSPECT_DATABASE_URL": url, "PROSPECT_DATA_DIR": tmp,
                "PROSPECT_BROKER_URL": f"sqla+sqlite:///{tmp}/broker.db", "PROSPECT_REDIS_URL": "",
                "PROSPECT_RATE_LIMIT_PER_SECOND": "1000000", "PROSPECT_RATE_LIMIT_BURST": "1000000",
                "PROSPECT_LOG_LEVEL": "WARNING", "PROSPECT_REGISTER_BUNDLED_MODEL": "false"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(args.workers), "--no-access-log", "--log-level", "warning"],
-            cwd=REPO, env=env)
-        wait_ready(port, proc)
-        log.info("uvicorn ready on %d; single-event phase (%ss)", port, args.seconds)
-        figures = asyncio.run(run_single(port, key, concurrency=args.concurrency, seconds=args.seconds,
-                                         warmup=args.warmup))
-        log.info("batch phase (%d x %d)", args.batches, args.batch_size)
-        figures |= asyncio.run(run_batch(port, key, batches=args.batches, size=args.batch_size))
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc = None
-        log.info("raw psycopg phase")
+        group = Settings().ingest_group_commit  # what the API runs with here (PROSPECT_INGEST_GROUP_COMMIT)
+        other = f"single_group_commit_{'off' if group else 'on'}"
+        figures: dict = {"group_commit": group}
+        log.info("closed loop, %d rounds: bare endpoint, API (group commit %s), API (%s)", args.rounds,
+                 "on" if group else "off", other)
+        alt_env = env | {"PROSPECT_INGEST_GROUP_COMMIT": str(not group).lower(), "PROSPECT_DATA_DIR": f"{tmp}/alt"}
+        with (serving(["bench.bare_app:app"], env, args.workers) as bare,
+              serving(API, env, args.workers) as single, serving(API, alt_env, args.workers) as alt):
+            figures |= asyncio.run(closed_rounds(
+                {"bare": (bare, key), "single": (single, key), other: (alt, key)}, body("c"), **closed))
+            figures["mean_group_events"] = mean_group(single if group else alt)
+            half = figures["bare_req_per_s"] / 2
+            log.info("open loop at half the bare rate (%.0f/s): the API, then the bare endpoint; then batches", half)
+            for name, port in (("single", single), ("bare", bare)):
+                at_half = asyncio.run(open_loop(port, key, body(f"o{name}"), prefix="x", rate=half,
+                                                seconds=args.seconds, warmup=args.warmup))
+                figures |= {f"{name}_{k[2:]}_at_half_bare": v for k, v in at_half.items()}
+            figures |= asyncio.run(run_batch(single, key, batches=args.batches, size=args.batch_size))
+        log.info("raw psycopg: one-row commits on %d connections, then executemany and COPY", args.concurrency)
+        figures |= run_raw_commits(url, concurrency=args.concurrency, processes=args.workers, seconds=args.seconds,
+                                   warmup=args.warmup)
         figures |= run_raw(url, n=args.batches * args.batch_size, size=args.batch_size)
+        if not args.no_sqlite:
+            log.info("API on the embedded default (SQLite), closed loop")
+            lite = tempfile.mkdtemp(prefix="prospect-bench-sqlite-")
+            lite_key = new_key(f"sqlite:///{lite}/prospect.db")
+            lite_env = {k: v for k, v in env.items() if k != "PROSPECT_DATABASE_URL"} | {"PROSPECT_DATA_DIR": lite}
+            with serving(API, lite_env, args.workers) as port:
+                figures |= asyncio.run(closed_rounds({"sqlite_single": (port, lite_key)}, body("l"),
+                                                     **(closed | {"rounds": 1})))
+        figures["single_vs_bare"] = round(figures["single_req_per_s"] / figures["bare_req_per_s"], 3)
+        figures[f"{other}_vs_bare"] = round(figures[f"{other}_req_per_s"] / figures["bare_req_per_s"], 3)
         figures["batch_over_raw"] = round(figures["batch_events_s"] / figures["raw_executemany_rows_s"], 3)
         figures["batch_over_copy"] = round(figures["batch_events_s"] / figures["raw_copy_events_only_rows_s"], 3)
-        figures["workers"] = args.workers
-        figures["cpus"] = os.cpu_count()
+        figures |= {"concurrency": args.concurrency, "workers": args.workers, "cpus": os.cpu_count(),
+                    "load_avg_1m": round(os.getloadavg()[0], 2)}
         print(json.dumps(figures))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

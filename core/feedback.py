@@ -98,7 +98,9 @@ class IngestResult:
 
 
 @dataclass(slots=True)
-class _Prepared:
+class PreparedEvent:
+    """A validated event's row and voter; ``index`` is its place in the batch being written."""
+
     index: int
     row: dict[str, Any]
     voter_key: str
@@ -264,7 +266,7 @@ def voter_key(user_id: str | None, event_id: str) -> str:
     return f"user:{user_id}" if user_id is not None else f"event:{event_id}"
 
 
-def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | None, now: datetime) -> _Prepared:
+def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | None, now: datetime) -> PreparedEvent:
     validate_event(event, limits)
     # Without an id the content names the event, so a retried request is a duplicate, not a second vote.
     event_id = event.event_id or "auto-" + content_hash(event)[:40]
@@ -295,7 +297,7 @@ def _prepare(index: int, event: EventInput, limits: Limits, api_key_id: int | No
         "api_key_id": api_key_id,
     }
     voter = voter_key(event.user_id, event_id)
-    return _Prepared(index, row, voter)
+    return PreparedEvent(index, row, voter)
 
 
 # --------------------------------------------------------------------------- writes
@@ -339,9 +341,9 @@ def _columns(rows: list[dict[str, Any]], table) -> tuple[list[Any], ...]:
     return tuple(out)
 
 
-def _write(conn: Connection, prepared: list[_Prepared], results: list[IngestResult | None]) -> None:
+def _write(conn: Connection, prepared: list[PreparedEvent], results: list[IngestResult | None]) -> None:
     """Insert new events and move votes; fill ``results`` for every prepared item."""
-    first: dict[str, _Prepared] = {}
+    first: dict[str, PreparedEvent] = {}
     for p in prepared:
         first.setdefault(p.row["event_id"], p)
     # Sorted by event_id so concurrent overlapping batches lock rows in one order (no deadlock).
@@ -372,9 +374,9 @@ def _write(conn: Connection, prepared: list[_Prepared], results: list[IngestResu
     _upsert_votes(conn, [first[eid] for eid in inserted], inserted)
 
 
-def _upsert_votes(conn: Connection, new: list[_Prepared], pks: dict[str, int]) -> None:
+def _upsert_votes(conn: Connection, new: list[PreparedEvent], pks: dict[str, int]) -> None:
     # Within one batch keep the newest event per (voter, pair): one statement may not touch a row twice.
-    best: dict[tuple[str, str], _Prepared] = {}
+    best: dict[tuple[str, str], PreparedEvent] = {}
     for p in new:
         k = (p.voter_key, p.row["pair_key"])
         cur = best.get(k)
@@ -429,7 +431,7 @@ _PG_INGEST_ONE = text(
 _STORED_HASH = select(EVENTS.c.content_hash).where(EVENTS.c.event_id == bindparam("eid"))
 
 
-def _ingest_one_pg(engine: Engine, p: _Prepared) -> IngestResult:
+def _ingest_one_pg(engine: Engine, p: PreparedEvent) -> IngestResult:
     eid = p.row["event_id"]
     # Autocommit: the one statement is its own transaction, with no BEGIN and COMMIT round trips.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -441,22 +443,34 @@ def _ingest_one_pg(engine: Engine, p: _Prepared) -> IngestResult:
     return IngestResult(eid, "conflict", f"event_id '{eid}' was already stored with different content")
 
 
+def prepare_event(event: EventInput, *, limits: Limits = Limits(), api_key_id: int | None = None) -> PreparedEvent:
+    """Validate one event and build its row (no I/O); raises InvalidInput or PayloadTooLarge."""
+    return _prepare(0, event, limits, api_key_id, utcnow())
+
+
+def ingest_prepared(engine: Engine, prepared: PreparedEvent) -> IngestResult:
+    """Store one prepared event in its own transaction: created, duplicate or conflict (not raised)."""
+    if engine.dialect.name == "postgresql":
+        return _ingest_one_pg(engine, prepared)
+    results: list[IngestResult | None] = [None]
+    with engine.begin() as conn:
+        _write(conn, [PreparedEvent(0, prepared.row, prepared.voter_key)], results)
+    assert results[0] is not None
+    return results[0]
+
+
+def raise_conflict(result: IngestResult) -> IngestResult:
+    """The result, unless it is a conflict: that is raised as Conflict (409)."""
+    if result.status == "conflict":
+        raise Conflict(result.error or "conflict", details={"event_id": result.event_id})
+    return result
+
+
 def ingest_event(
     engine: Engine, *, event: EventInput, limits: Limits = Limits(), api_key_id: int | None = None
 ) -> IngestResult:
     """Store one event. Returns status created or duplicate; raises Conflict, InvalidInput, PayloadTooLarge."""
-    prepared = _prepare(0, event, limits, api_key_id, utcnow())
-    results: list[IngestResult | None] = [None]
-    if engine.dialect.name == "postgresql":
-        results[0] = _ingest_one_pg(engine, prepared)
-    else:
-        with engine.begin() as conn:
-            _write(conn, [prepared], results)
-    result = results[0]
-    assert result is not None
-    if result.status == "conflict":
-        raise Conflict(result.error or "conflict", details={"event_id": result.event_id})
-    return result
+    return raise_conflict(ingest_prepared(engine, prepare_event(event, limits=limits, api_key_id=api_key_id)))
 
 
 def ingest_batch(
@@ -476,7 +490,7 @@ def _ingest_items(
 ) -> list[IngestResult]:
     now = utcnow()
     results: list[IngestResult | None] = [None] * len(items)
-    prepared: list[_Prepared] = []
+    prepared: list[PreparedEvent] = []
     for i, item in enumerate(items):
         if isinstance(item, InvalidItem):
             results[i] = IngestResult(item.event_id, "invalid", item.message)

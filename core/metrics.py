@@ -55,6 +55,9 @@ HTTP_SECONDS = Histogram("prospect_http_request_duration_seconds", "HTTP request
 FEEDBACK_EVENTS = Counter("prospect_feedback_events_total",
                           "Feedback events received, by outcome (created, duplicate, conflict, invalid) and label.",
                           ["status", "label"])
+INGEST_GROUP_EVENTS = Histogram("prospect_ingest_group_events",
+                                "Single events written per group commit (PROSPECT_INGEST_GROUP_COMMIT).",
+                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
 TRAINING_STEP_SECONDS = Histogram("prospect_training_step_seconds", "Wall time of one optimiser step.",
                                   buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300))
 TRAINING_TOKENS = Counter("prospect_training_tokens_total", "Tokens trained on (all jobs).")
@@ -85,6 +88,10 @@ def feedback_ingested(outcomes: Iterable[tuple[str, str | None]]) -> None:
     """Count (status, label) pairs of events whose fate is committed; a label is up, down or unknown."""
     for status, label in outcomes:
         FEEDBACK_EVENTS.labels(status=status, label=label if label in ("up", "down") else "unknown").inc()
+
+
+def ingest_group(events: int) -> None:
+    INGEST_GROUP_EVENTS.observe(events)
 
 
 def training_step(metrics: dict) -> None:

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     )
     rate_limit_per_second: float = Field(2000.0, gt=0, description="Sustained requests/s per API key.")
     rate_limit_burst: int = Field(4000, ge=1, description="Burst size of the per-key token bucket.")
+    ingest_group_commit: bool = Field(
+        True, description="Write concurrent single-event POSTs of one API process in one transaction (group commit)."
+    )
+    ingest_group_max_events: int = Field(500, ge=1, description="Most single events in one group commit.")
+    ingest_group_writers: int = Field(
+        8, ge=1, description="Group commits one API process runs at once on Postgres (1 on SQLite); events arriving "
+        "meanwhile wait for the next."
+    )
     max_import_rows: int = Field(20_000, ge=1, description="Most rows in one POST /v1/feedback/import.")
     auth_failures_per_minute: float = Field(
         30.0, gt=0, description="Failed authentications a client address may make per minute (then 429)."
