@@ -47,7 +47,9 @@ def _store(settings: Settings, source: str) -> tuple[S3Store, str]:
 
 
 def _listing_sha256(hashes: dict[str, str]) -> str:
-    from core.base_models import _listing_sha256 as listing  # the folder pinning's digest; imported late: cycle
+    from core.base_models import (
+        _listing_sha256 as listing,  # the folder pinning's digest; imported late: cycle
+    )
 
     return listing(hashes)
 
