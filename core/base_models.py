@@ -262,7 +262,15 @@ def local_folder(settings: Settings, record: BaseModelRecord) -> Path:
     (fetched and verified now when missing; BaseModelTampered when the store's objects changed)."""
     if is_store_source(record.source):
         return fetch_store_model(settings, record)
-    return Path(record.path)
+    folder = Path(record.path)
+    if record.name == settings.bundled_model_name and record.source == record.path and not folder.is_dir():
+        # Converted on another worker host: convert it here too. The conversion is deterministic, so the
+        # pinned hashes check this host's copy as they would the first one.
+        from alignment.bundled import convert_bundled
+
+        log.info("bundled model %s was converted on another host (%s): converting it here", record.name, folder)
+        return convert_bundled(settings.models_dir / record.name).resolve()
+    return folder
 
 
 def verify_base_model(record: BaseModelRecord, folder: Path | None = None) -> None:
