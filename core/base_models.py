@@ -278,6 +278,8 @@ def verify_base_model(record: BaseModelRecord, folder: Path | None = None) -> No
     or added."""
     hint = f"re-register it under a new name (`prospect models add NEW_NAME {record.path}`) if the change is intended"
     folder = Path(record.path) if folder is None else folder
+    if is_store_source(record.source):  # this host's cached copy of the bucket's files
+        hint = f"delete the cached copy {folder} on this worker host and it is fetched and verified again"
     try:
         if record.files is None:  # registered before every loaded file was pinned: the weights only
             log.warning("base model %s pins its weights only; re-register it to pin config and tokenizer", record.name)

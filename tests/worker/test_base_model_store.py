@@ -70,15 +70,26 @@ def test_a_worker_fetches_verifies_and_trains_then_reuses_its_cache(stored_model
     assert run_job(_job(engine), settings=worker_host, worker="w:1").status == "succeeded"
     assert downloads == []  # the second job trains on the cached copy
 
+    (cached / "config.json").write_text("{}")  # the cache is checked by every job too
+    job_id = _job(engine)
+    assert run_job(job_id, settings=worker_host, worker="w:1").status == "failed"
+    with session_scope(engine) as s:
+        assert f"delete the cached copy {cached}" in s.get(AlignmentJob, job_id).error
 
-def test_an_object_changed_after_registration_fails_the_job(stored_model, engine):
+
+@pytest.mark.parametrize("attack", ["changed", "deleted"])
+def test_an_object_changed_or_deleted_after_registration_fails_the_job(stored_model, engine, attack):
     worker_host, s3, bucket, pinned = stored_model
-    s3.put_object(Bucket=bucket, Key="models/tiny/config.json", Body=b'{"architectures": ["Evil"]}')
+    if attack == "changed":
+        s3.put_object(Bucket=bucket, Key="models/tiny/config.json", Body=b'{"architectures": ["Evil"]}')
+    else:
+        s3.delete_object(Bucket=bucket, Key="models/tiny/config.json")
     job_id = _job(engine)
     assert run_job(job_id, settings=worker_host, worker="w:1").status == "failed"
     with session_scope(engine) as s:
         error = s.get(AlignmentJob, job_id).error
-    assert "changed in the store" in error and "config.json" in error, error
+    expected = "changed in the store" if attack == "changed" else "is missing from the store"
+    assert expected in error and "config.json" in error, error
     assert not cache_folder(worker_host, pinned).exists()  # nothing unverified is kept
 
 
