@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.base_model_store import fetch_store_model, is_store_source, pin_store_model
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import BaseModelRecord
 from core.settings import Settings
@@ -63,7 +64,7 @@ class BaseModelTampered(Conflict):
 class PinnedModel:
     """A model folder and the sha256 of what is loaded from it (computed without a database)."""
 
-    folder: Path
+    folder: Path | None  # None: in object storage (core.base_model_store)
     sha256: str  # weights only
     files: dict[str, str]  # every pinned file, by path relative to the folder
     architecture: str | None
@@ -95,6 +96,14 @@ def weight_files(path: Path) -> list[Path]:
             "(convert pickles with `model.save_pretrained(folder, safe_serialization=True)`)"
         )
     return found
+
+
+def is_loaded_name(name: str) -> bool:
+    """Whether a job loads the file at ``name`` (a path relative to the model folder)."""
+    if "/" not in name:
+        return name.endswith((".safetensors", ".safetensors.index.json")) or name in LOADED_NAMES
+    folder, _, rest = name.partition("/")
+    return folder == CHAT_TEMPLATE_DIR and "/" not in rest and rest.endswith(".jinja")
 
 
 def loaded_files(path: Path) -> list[Path]:
@@ -229,9 +238,13 @@ def register_base_model(
         raise Conflict(f"a base model named {name!r} is already registered; choose another name")
     # End the read: hashing (or downloading) takes minutes and must not hold SQLite's write lock.
     session.rollback()
-    pinned = pin_model_folder(settings, name=name, source=source, revision=revision, allow_download=allow_download)
+    if is_store_source(source):
+        pinned = pin_store_model(settings, source=source)
+    else:
+        pinned = pin_model_folder(settings, name=name, source=source, revision=revision,
+                                  allow_download=allow_download)
     record = BaseModelRecord(
-        name=name, source=source, revision=revision, path=str(pinned.folder), sha256=pinned.sha256,
+        name=name, source=source, revision=revision, path=str(pinned.folder or source), sha256=pinned.sha256,
         files=pinned.files, architecture=pinned.architecture, created_by_key_id=created_by_key_id,
     )
     try:
@@ -239,15 +252,34 @@ def register_base_model(
             session.add(record)
     except IntegrityError as exc:
         raise Conflict(f"a base model named {name!r} is already registered; choose another name") from exc
-    log.info("registered base model %s at %s (sha256 %s, %d files pinned)", name, pinned.folder, pinned.sha256,
+    log.info("registered base model %s at %s (sha256 %s, %d files pinned)", name, record.path, pinned.sha256,
              len(pinned.files))
     return record
 
 
-def verify_base_model(record: BaseModelRecord) -> None:
-    """Raise BaseModelTampered when a pinned file is missing, changed or added."""
-    hint = f"re-register it under a new name (`prospect models add NEW_NAME {record.path}`) if the change is intended"
+def local_folder(settings: Settings, record: BaseModelRecord) -> Path:
+    """Where this host loads ``record`` from: its folder, or the local cache of a store-registered model
+    (fetched and verified now when missing; BaseModelTampered when the store's objects changed)."""
+    if is_store_source(record.source):
+        return fetch_store_model(settings, record)
     folder = Path(record.path)
+    if record.name == settings.bundled_model_name and record.source == record.path and not folder.is_dir():
+        # Converted on another worker host: convert it here too. The conversion is deterministic, so the
+        # pinned hashes check this host's copy as they would the first one.
+        from alignment.bundled import convert_bundled
+
+        log.info("bundled model %s was converted on another host (%s): converting it here", record.name, folder)
+        return convert_bundled(settings.models_dir / record.name).resolve()
+    return folder
+
+
+def verify_base_model(record: BaseModelRecord, folder: Path | None = None) -> None:
+    """Raise BaseModelTampered when a pinned file of ``folder`` (default: the record's) is missing, changed
+    or added."""
+    hint = f"re-register it under a new name (`prospect models add NEW_NAME {record.path}`) if the change is intended"
+    folder = Path(record.path) if folder is None else folder
+    if is_store_source(record.source):  # this host's cached copy of the bucket's files
+        hint = f"delete the cached copy {folder} on this worker host and it is fetched and verified again"
     try:
         if record.files is None:  # registered before every loaded file was pinned: the weights only
             log.warning("base model %s pins its weights only; re-register it to pin config and tokenizer", record.name)

@@ -50,7 +50,8 @@ def _print_json(obj) -> None:
 @models_app.command("add")
 def models_add(
     name: Annotated[str, typer.Argument(help="Unique name, e.g. 'smollm2-135m-instruct'.")],
-    source: Annotated[str, typer.Argument(help="A model folder, or a hub id 'org/model' (needs a network).")],
+    source: Annotated[str, typer.Argument(help="A model folder, s3://bucket/prefix (objects a worker fetches), "
+                                                "or a hub id 'org/model' (needs a network).")],
     revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
 ) -> None:
     """Register a base model and pin the sha256 of its weights."""

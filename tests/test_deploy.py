@@ -88,3 +88,10 @@ def test_services_share_no_disk_and_artifacts_go_to_the_object_store():
         for volume in services[name].get("volumes", []):
             mounts.setdefault(volume.split(":")[0], []).append(name)
     assert all(len(users) == 1 for users in mounts.values()), mounts  # no volume shared between services
+
+
+def test_workers_and_beat_run_the_prospect_role_commands():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["worker-train"]["command"] == ["prospect", "worker", "--queues", "training", "--concurrency", "1"]
+    assert services["worker"]["command"][:4] == ["prospect", "worker", "--queues", "default"]
+    assert services["beat"]["command"] == ["prospect", "beat"]

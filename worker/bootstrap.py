@@ -29,7 +29,14 @@ from pathlib import Path
 from sqlalchemy import select
 
 from core import jobs
-from core.base_models import PREPARING, READY, fail_preparing, finish_preparing, get_base_model_or_none
+from core.base_models import (
+    PREPARING,
+    READY,
+    fail_preparing,
+    finish_preparing,
+    get_base_model_or_none,
+    local_folder,
+)
 from core.db import get_engine, session_scope
 from core.errors import DomainError
 from core.logging import configure_logging
@@ -81,6 +88,7 @@ def ensure_bundled_model(settings: Settings) -> BaseModelRecord:
         existing = get_base_model_or_none(s, name=name)
     if existing is not None and existing.status == READY:
         log.info("bundled model already registered as %s", name)
+        local_folder(settings, existing)  # registered by another host: converted here now, not in a first job
         return existing
     try:
         folder = convert_bundled(settings.models_dir / name)

@@ -39,7 +39,7 @@ from sqlalchemy.exc import OperationalError
 from core import jobs
 from core import metrics as telemetry
 from core.artifact_store import get_store
-from core.base_models import verify_base_model
+from core.base_models import local_folder, verify_base_model
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError
 from core.heldout import PromptCounts, assign_heldout, prompt_key
@@ -359,7 +359,8 @@ class _Run:
             model, tokenizer = self._load_base(base)
         with self._phase("train"):
             result = self._train(live, model, tokenizer, split.train_rows, config,
-                                 reload=lambda: self._load_base(base)[0], base_path=base.path)
+                                 reload=lambda: self._load_base(base)[0],
+                                 base_path=str(local_folder(self.settings, base)))
         if result is None:
             return self._stopped(live)
         self.model = result.model
@@ -409,10 +410,11 @@ class _Run:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        log.info("job %s: verifying base model %s (%s)", self.job_id, base.name, base.path)
-        verify_base_model(base)  # BaseModelTampered -> the job fails with its message
-        tokenizer = AutoTokenizer.from_pretrained(base.path)
-        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, use_safetensors=True)
+        folder = local_folder(self.settings, base)  # a store-registered model: fetched once, then cached
+        log.info("job %s: verifying base model %s (%s)", self.job_id, base.name, folder)
+        verify_base_model(base, folder)  # BaseModelTampered -> the job fails with its message
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
         return model, tokenizer
 
     def _keep_refused(self, result) -> None:

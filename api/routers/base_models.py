@@ -36,7 +36,9 @@ def register_base_model(body: BaseModelIn, session: SessionDep, settings: Settin
     """Register a model folder under the models folder (or PROSPECT_BASE_MODEL_DIRS); the sha256 of every file
     a job loads is computed now, outside any transaction, and checked by every job.
 
-    Hub models are downloaded by `prospect models add NAME ORG/MODEL` (a long download does not belong in a request).
+    An ``s3://bucket/prefix`` source is read from object storage (streamed and hashed, not copied); workers
+    fetch, verify and cache it. Hub models are downloaded by `prospect models add NAME ORG/MODEL` (a long
+    download does not belong in a request).
     """
     record = base_models.register_base_model(session, settings=settings, name=body.name, source=body.source,
                                              revision=body.revision, allow_download=False,

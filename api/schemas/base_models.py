@@ -15,7 +15,9 @@ class BaseModelIn(BaseModel):
 
     name: str = Field(max_length=100, pattern=NAME_PATTERN,
                       description="Unique name, e.g. 'llama-3-8b-instruct' (lower case).")
-    source: str = Field(max_length=1000, description="A model folder on the server (config.json + weights).")
+    source: str = Field(max_length=1000, description="A model folder on the server (config.json + weights), or "
+                        "s3://bucket/prefix: the folder's files in object storage, which workers fetch, verify "
+                        "and cache.")
     revision: str | None = Field(None, max_length=200, description="Recorded as given (hub models: CLI only).")
 
 

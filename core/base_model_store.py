@@ -1,0 +1,128 @@
+"""Base models kept in object storage: registered from an ``s3://bucket/prefix`` source, fetched by workers.
+
+Registration streams every loaded object once to hash it (no local copy on the API host) and pins the
+hashes like a folder's (``core.base_models``). A worker fetches the pinned files into
+``<data_dir>/base-models/<digest>``, keyed by the sha256 over every pinned file's name and hash, so a
+worker on another host needs no shared disk; the files are verified against the pinned hashes before
+the folder is renamed into place, and later jobs reuse it (each job still re-hashes its local copy,
+as for a folder-registered model). A changed object fails the job with BaseModelTampered.
+
+The bucket is read with the artifact store's endpoint (``PROSPECT_S3_ENDPOINT_URL``) and the standard
+AWS credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from core.artifact_store import S3Store
+from core.errors import InvalidInput, NotFound
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCHEME = "s3://"
+
+
+def is_store_source(source: str | None) -> bool:
+    return bool(source) and source.startswith(SCHEME)
+
+
+def _store(settings: Settings, source: str) -> tuple[S3Store, str]:
+    """The store holding ``source``'s parent and the key of its folder (S3 keys need a folder to list)."""
+    parsed = urlparse(source)
+    path = parsed.path.strip("/")
+    if parsed.scheme != "s3" or not parsed.netloc or not path or any(p in (".", "..") for p in path.split("/")):
+        raise InvalidInput(f"{source!r}: a base model in object storage is named s3://bucket/prefix/of/the/model")
+    parent, _, leaf = path.rpartition("/")
+    return S3Store(parsed.netloc, parent, endpoint_url=settings.s3_endpoint_url,
+                   spool=settings.data_path / "tmp"), leaf
+
+
+def _listing_sha256(hashes: dict[str, str]) -> str:
+    from core.base_models import (
+        _listing_sha256 as listing,  # the folder pinning's digest; imported late: cycle
+    )
+
+    return listing(hashes)
+
+
+def pin_store_model(settings: Settings, *, source: str):
+    """Hash every loaded object under ``source`` (streamed); returns a PinnedModel whose folder is None."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from core.base_models import PinnedModel, is_loaded_name
+
+    store, leaf = _store(settings, source)
+    try:
+        names = sorted(n for e in store.list(leaf) if is_loaded_name(n := e.key[len(leaf) + 1:]))
+        weights = [n for n in names if "/" not in n and n.endswith(".safetensors")]
+        if not weights:
+            raise InvalidInput(f"no top-level *.safetensors under {source}: only safetensors weights are loaded")
+        if "config.json" not in names:
+            raise InvalidInput(f"{source} has no config.json: upload the folder a transformers model was saved to")
+        files = {}
+        for name in names:
+            digest = hashlib.sha256()
+            for chunk in store.iter_chunks(f"{leaf}/{name}"):
+                digest.update(chunk)
+            files[name] = digest.hexdigest()
+        config = json.loads(store.read_bytes(f"{leaf}/config.json"))
+    except (BotoCoreError, ClientError) as exc:
+        raise InvalidInput(f"cannot read {source}: {exc}") from exc
+    except ValueError as exc:
+        raise InvalidInput(f"{source}/config.json is not valid JSON: {exc}") from exc
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    architecture = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    return PinnedModel(folder=None, sha256=_listing_sha256({n: files[n] for n in weights}), files=files,
+                       architecture=architecture)
+
+
+def cache_folder(settings: Settings, files: dict[str, str]) -> Path:
+    return settings.data_path / "base-models" / _listing_sha256(files)
+
+
+def fetch_store_model(settings: Settings, record) -> Path:
+    """The local folder of a store-registered base model: the cached copy, or fetched and verified now.
+
+    BaseModelTampered when an object is missing or its bytes differ from the pinned sha256."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from core.base_models import BaseModelTampered, file_sha256
+
+    target = cache_folder(settings, record.files)
+    if target.is_dir():
+        log.info("base model %s: using the cached copy %s", record.name, target)
+        return target
+    store, leaf = _store(settings, record.source)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    log.info("base model %s: fetching %d files from %s into %s", record.name, len(record.files), record.source,
+             target)
+    try:
+        for name in record.files:
+            store.get_file(f"{leaf}/{name}", tmp / name)
+        changed = sorted(n for n, sha in record.files.items() if file_sha256(tmp / n) != sha)
+        if changed:
+            raise BaseModelTampered(
+                f"base model {record.name!r} changed in the store ({record.source}): sha256 of "
+                f"{', '.join(changed)} differs from the pinned one; re-register it under a new name if the "
+                "change is intended")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another job of this worker fetched it first
+            if not target.is_dir():
+                raise
+    except NotFound as exc:
+        raise BaseModelTampered(f"base model {record.name!r} is missing from the store: {exc.message}") from exc
+    except (BotoCoreError, ClientError) as exc:
+        raise BaseModelTampered(f"base model {record.name!r}: cannot fetch {record.source}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

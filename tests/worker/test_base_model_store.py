@@ -1,0 +1,101 @@
+"""Base models registered from object storage (SeaweedFS): the worker fetches the pinned files into a
+cache keyed by their sha256, verifies them before training, and reuses the cache for later jobs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from core import jobs
+from core.artifact_store import S3Store
+from core.base_model_store import cache_folder
+from core.base_models import file_hashes, register_base_model
+from core.db import session_scope
+from core.models import AlignmentJob
+from tests.s3kit import client, s3_settings
+from tests.tiny import build_tiny_model_dir
+from tests.worker.jobkit import TINY_CONFIG, api_keys, feedback_events, post_feedback
+from worker.pipeline import run_job
+
+
+@pytest.fixture
+def stored_model(settings, engine, s3_server, s3_bucket, tmp_path):
+    """The tiny model's files uploaded to s3://bucket/models/tiny and registered from there, the local
+    copy deleted: the worker host (its own data folder) can only get it from the store."""
+    api_host = s3_settings(settings, s3_server, s3_bucket, data_dir=tmp_path / "api-host")
+    worker_host = api_host.model_copy(update={"data_dir": tmp_path / "worker-host"})
+    folder = build_tiny_model_dir(tmp_path / "upload")
+    pinned = file_hashes(folder)
+    s3 = client(s3_server)
+    for name in pinned:
+        s3.upload_file(str(folder / name), s3_bucket, f"models/tiny/{name}")
+    s3.put_object(Bucket=s3_bucket, Key="models/tiny/pytorch_model.bin", Body=b"never loaded")
+    shutil.rmtree(folder)
+    post_feedback(TestClient(create_app(api_host)), api_keys(engine)["ingest"], feedback_events())
+    with session_scope(engine) as s:
+        record = register_base_model(s, settings=api_host, name="tiny", source=f"s3://{s3_bucket}/models/tiny")
+        assert (record.files, record.path) == (pinned, f"s3://{s3_bucket}/models/tiny")
+    return worker_host, s3, s3_bucket, pinned
+
+
+def _job(engine) -> str:
+    with session_scope(engine) as s:
+        return jobs.create_job(s, adapter_name="bot", base_model_name="tiny", config=TINY_CONFIG).id
+
+
+def _downloads(monkeypatch) -> list[str]:
+    keys: list[str] = []
+    real = S3Store.get_file
+
+    def counting(self, key, dest):
+        keys.append(key)
+        return real(self, key, dest)
+
+    monkeypatch.setattr(S3Store, "get_file", counting)
+    return keys
+
+
+def test_a_worker_fetches_verifies_and_trains_then_reuses_its_cache(stored_model, engine, monkeypatch):
+    worker_host, _, _, pinned = stored_model
+    downloads = _downloads(monkeypatch)
+    assert run_job(_job(engine), settings=worker_host, worker="w:1").status == "succeeded"
+    assert sorted(downloads) == sorted(f"tiny/{name}" for name in pinned)  # the pickle is never fetched
+    cached = cache_folder(worker_host, pinned)
+    assert file_hashes(cached) == pinned
+
+    downloads.clear()
+    assert run_job(_job(engine), settings=worker_host, worker="w:1").status == "succeeded"
+    assert downloads == []  # the second job trains on the cached copy
+
+    (cached / "config.json").write_text("{}")  # the cache is checked by every job too
+    job_id = _job(engine)
+    assert run_job(job_id, settings=worker_host, worker="w:1").status == "failed"
+    with session_scope(engine) as s:
+        assert f"delete the cached copy {cached}" in s.get(AlignmentJob, job_id).error
+
+
+@pytest.mark.parametrize("attack", ["changed", "deleted"])
+def test_an_object_changed_or_deleted_after_registration_fails_the_job(stored_model, engine, attack):
+    worker_host, s3, bucket, pinned = stored_model
+    if attack == "changed":
+        s3.put_object(Bucket=bucket, Key="models/tiny/config.json", Body=b'{"architectures": ["Evil"]}')
+    else:
+        s3.delete_object(Bucket=bucket, Key="models/tiny/config.json")
+    job_id = _job(engine)
+    assert run_job(job_id, settings=worker_host, worker="w:1").status == "failed"
+    with session_scope(engine) as s:
+        error = s.get(AlignmentJob, job_id).error
+    expected = "changed in the store" if attack == "changed" else "is missing from the store"
+    assert expected in error and "config.json" in error, error
+    assert not cache_folder(worker_host, pinned).exists()  # nothing unverified is kept
+
+
+def test_registering_a_prefix_without_weights_is_refused(settings, engine, s3_server, s3_bucket):
+    api_host = s3_settings(settings, s3_server, s3_bucket)
+    admin = api_keys(engine)["admin"]
+    resp = TestClient(create_app(api_host)).post("/v1/base-models", headers=admin,
+                                                 json={"name": "empty", "source": f"s3://{s3_bucket}/nothing"})
+    assert resp.status_code == 422 and "safetensors" in resp.json()["detail"], resp.text
