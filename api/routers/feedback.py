@@ -109,7 +109,7 @@ async def post_feedback(request: Request, principal: IngestKey) -> Response:
             # SQLite has one write lock: more writers than one per process would only queue on it.
             writers = 1 if state.engine.dialect.name == "sqlite" else settings.ingest_group_writers
             committer = group_commit.for_loop(state, state.engine, max_events=settings.ingest_group_max_events,
-                                              writers=writers)
+                                              writers=writers, max_queued=settings.ingest_group_max_queued)
             result = feedback.raise_conflict(await committer.ingest(prepared))
         else:
             result = await run_in_threadpool(feedback.ingest_event, state.engine, event=event,

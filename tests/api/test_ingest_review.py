@@ -26,3 +26,56 @@ def test_form_typed_post_is_labelled_with_its_route(settings):
                         headers={**h["ingest"], "content-type": "application/x-www-form-urlencoded"})
         assert r.status_code == 201
         assert _count("/v1/feedback", "201") == before + 1, f"fast={fast}"
+
+
+def test_a_flood_while_the_database_is_slow_is_refused_not_queued(settings, monkeypatch):
+    """With the writer stuck, the old committer queued every request (memory without bound); now at most
+    ``ingest_group_max_queued`` wait and the rest get 503 + Retry-After, writing nothing. After the
+    database recovers, every accepted request is answered 201 and stored."""
+    import asyncio
+    import threading
+
+    import httpx
+    from sqlalchemy import select
+
+    from api import group_commit
+    from core.models import FeedbackEvent
+
+    client, h = make_api(settings.model_copy(update={"ingest_group_max_queued": 3,
+                                                     "ingest_group_max_events": 1,
+                                                     "ingest_group_writers": 1}))
+    app = client.app
+    release, in_flight = threading.Event(), []
+    real = group_commit.ingest_group
+
+    def slow(engine, prepared):
+        in_flight.append(len(prepared))
+        release.wait(30)
+        return real(engine, prepared)
+
+    monkeypatch.setattr(group_commit, "ingest_group", slow)
+    n = 12
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            tasks = [asyncio.create_task(c.post("/v1/feedback", json={**EV, "event_id": f"f{i}"},
+                                                headers=h["ingest"])) for i in range(n)]
+            for _ in range(3000):  # until each request is answered, queued or being written
+                await asyncio.sleep(0.01)
+                committer = getattr(app.state, "group_committer", None)
+                waiting = len(committer._queue) if committer else 0
+                if sum(t.done() for t in tasks) + waiting + sum(in_flight) == n:
+                    break
+            release.set()
+            return await asyncio.gather(*tasks)
+
+    responses = asyncio.run(go())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {201, 503}, codes
+    refused = [r for r in responses if r.status_code == 503]
+    assert len(refused) >= n - 3 - 1, codes  # at most 3 queued + 1 being written
+    assert all(r.headers["retry-after"] == "1" for r in refused)
+    with app.state.engine.connect() as conn:
+        stored = set(conn.scalars(select(FeedbackEvent.event_id)))
+    assert stored == {f"f{i}" for i, c in enumerate(codes) if c == 201}
