@@ -17,6 +17,7 @@ from core.errors import (
     Conflict,
     DomainError,
     Forbidden,
+    IncompleteRequest,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     InvalidInput: 422,
+    IncompleteRequest: 400,
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,

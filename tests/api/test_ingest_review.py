@@ -79,3 +79,52 @@ def test_a_flood_while_the_database_is_slow_is_refused_not_queued(settings, monk
     with app.state.engine.connect() as conn:
         stored = set(conn.scalars(select(FeedbackEvent.event_id)))
     assert stored == {f"f{i}" for i, c in enumerate(codes) if c == 201}
+
+
+def test_a_client_gone_mid_body_is_not_a_server_error(settings, caplog):
+    """Before: the fast path logged 'unhandled error' with a traceback and counted a 500 (the framework
+    route let ClientDisconnect reach the server: a 500 and a traceback too); nothing is written either way."""
+    import asyncio
+    import logging
+
+    from sqlalchemy import func, select
+
+    from core.models import FeedbackEvent
+
+    client, h = make_api(settings)
+    app = client.app
+    token = h["ingest"]["Authorization"].encode()
+    body = json.dumps({**EV, "event_id": "gone"}).encode()
+
+    async def call() -> list[dict]:
+        messages = iter([{"type": "http.request", "body": body[:10], "more_body": True},
+                         {"type": "http.disconnect"}])
+        sent: list[dict] = []
+
+        async def receive():
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/feedback", "raw_path": b"/v1/feedback", "root_path": "",
+                 "query_string": b"", "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+                 "headers": [(b"host", b"testserver"), (b"authorization", token),
+                             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        await app(scope, receive, send)
+        return sent
+
+    for fast in (True, False):
+        if not fast:
+            app.fast_ingest = None
+        before = _count("/v1/feedback", "500")
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            sent = asyncio.run(call())
+        starts = [m["status"] for m in sent if m["type"] == "http.response.start"]
+        assert starts and starts[0] < 500, (fast, starts)
+        assert _count("/v1/feedback", "500") == before, fast
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], fast
+    with app.state.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(FeedbackEvent)) == 0
