@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,7 @@ from core.errors import (
     Conflict,
     DomainError,
     Forbidden,
+    IncompleteRequest,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     InvalidInput: 422,
+    IncompleteRequest: 400,
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
@@ -121,6 +124,18 @@ async def database_error(_: Request | None, exc: DBAPIError) -> JSONResponse:
     return JSONResponse(error_body("internal database error"), status_code=500)
 
 
+async def store_error(_: Request | None, exc: Exception) -> JSONResponse:
+    """The artifact store is the server's own: unreachable, failing or refusing its keys is a 503, not a 500."""
+    from core.artifact_store import store_unavailable
+
+    if not store_unavailable(exc):
+        log.error("artifact store error", exc_info=exc)
+        return JSONResponse(error_body("internal artifact store error"), status_code=500)
+    log.warning("artifact store unavailable: %s", exc)
+    return JSONResponse(error_body(f"the artifact store is unavailable ({type(exc).__name__}); retry later"),
+                        status_code=503, headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+
+
 async def number_out_of_range(_: Request | None, exc: OverflowError) -> JSONResponse:
     # sqlite3 raises a bare OverflowError for an integer past 64 bits, before any SQL runs.
     log.info("number out of range: %s", exc)
@@ -151,4 +166,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(OverflowError, number_out_of_range)
+    app.add_exception_handler(BotoCoreError, store_error)
+    app.add_exception_handler(ClientError, store_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -4,7 +4,9 @@ A request hands its validated event to the process's GroupCommitter and waits. W
 ``writers`` groups are being written (each in a thread), newly arrived events queue; when a
 write ends, its writer takes everything queued (up to ``max_events``) as its next group. So a
 lone request is written at once, as before, and under load one transaction serves many
-requests instead of one each. Each
+requests instead of one each. At most ``max_queued`` events wait: beyond, a request is refused
+with 503 and Retry-After before anything is written, so a flood while the database is slow
+cannot grow memory without bound. Each
 request is answered from its own outcome, only after the group's commit returned
 (``core.feedback_group``): a 2xx is never sent for an event that is not committed.
 """
@@ -17,6 +19,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from core import metrics
+from core.errors import Unavailable
 from core.feedback import IngestResult, PreparedEvent
 from core.feedback_group import Outcome, ingest_group
 
@@ -24,9 +27,10 @@ from core.feedback_group import Outcome, ingest_group
 class GroupCommitter:
     """One per event loop (``for_loop``): its futures belong to that loop."""
 
-    def __init__(self, engine: Engine, *, max_events: int, writers: int = 1) -> None:
+    def __init__(self, engine: Engine, *, max_events: int, writers: int = 1, max_queued: int = 5000) -> None:
         self.engine = engine
         self.max_events = max_events
+        self.max_queued = max_queued
         self.writers = writers
         self.loop = asyncio.get_running_loop()
         self._queue: list[tuple[PreparedEvent, asyncio.Future[Outcome]]] = []
@@ -36,6 +40,9 @@ class GroupCommitter:
 
     async def ingest(self, prepared: PreparedEvent) -> IngestResult:
         """The event's outcome once its group is committed; raises what kept it from being stored."""
+        if len(self._queue) >= self.max_queued:
+            raise Unavailable(f"{len(self._queue)} events already wait for the database; nothing was written, "
+                              "retry later", retry_after=1)
         future: asyncio.Future[Outcome] = self.loop.create_future()
         self._queue.append((prepared, future))
         if self._running < self.writers:
@@ -72,9 +79,10 @@ class GroupCommitter:
             self._running -= 1
 
 
-def for_loop(state, engine: Engine, *, max_events: int, writers: int) -> GroupCommitter:
+def for_loop(state, engine: Engine, *, max_events: int, writers: int, max_queued: int) -> GroupCommitter:
     """The committer of the running loop, kept on ``app.state`` (a new loop, as in tests, gets a new one)."""
     committer: GroupCommitter | None = getattr(state, "group_committer", None)
     if committer is None or committer.loop is not asyncio.get_running_loop():
-        committer = state.group_committer = GroupCommitter(engine, max_events=max_events, writers=writers)
+        committer = state.group_committer = GroupCommitter(engine, max_events=max_events, writers=writers,
+                                                               max_queued=max_queued)
     return committer

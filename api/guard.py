@@ -61,7 +61,9 @@ def _json_whatever_the_type(scope) -> dict:
     if declared == "application/json" or declared.endswith("+json"):
         return scope
     headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"content-type"]
-    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+    # In place, not a copy: the route the router sets on this scope must reach the metrics layer.
+    scope["headers"] = [*headers, (b"content-type", b"application/json")]
+    return scope
 
 
 def _has_nul(scope) -> bool:

@@ -54,6 +54,20 @@ def iter_tarball(settings: Settings, version: AdapterVersion, *, folder: Path | 
     yield from _tar_chunks(version, open_file)
 
 
+def require_members(settings: Settings, version: AdapterVersion) -> None:
+    """NotFound naming the version's files missing from the store. Checked before a download is answered:
+    once the 200 is sent, a missing file can only cut the stream short."""
+    store = get_store(settings)
+    keys = [f"{version.path}/{name}" for name, _ in _tar_members(version)]
+    if store.local_root is not None:
+        missing = [k for k in keys if not (store.local_root / k).is_file()]
+    else:
+        missing = [k for k in keys if store.stat(k) is None]
+    if missing:
+        raise NotFound(f"adapter {version.adapter_name!r} v{version.version}: {len(missing)} of its files are "
+                       f"missing from the artifact store ({', '.join(k.rsplit('/', 1)[1] for k in missing)})")
+
+
 def _open_object(store: ArtifactStore, key: str) -> tuple[int, BinaryIO, str]:
     entry = store.stat(key)
     if entry is None:

@@ -45,7 +45,12 @@ from sqlalchemy.orm import Session
 
 from core import outbox, serving_compat
 from core.adapter_objects import upload_tarball, upload_version
-from core.adapter_tarball import ensure_tarball_sha256, iter_tarball, tarball_sha256  # noqa: F401 (adapters.*)
+from core.adapter_tarball import (  # noqa: F401 (adapters.*)
+    ensure_tarball_sha256,
+    iter_tarball,
+    require_members,
+    tarball_sha256,
+)
 from core.artifact_store import get_store
 from core.base_models import check_name, file_sha256
 from core.db import lock_adapter

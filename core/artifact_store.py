@@ -51,6 +51,31 @@ def check_key(key: str) -> str:
     return key
 
 
+# S3 error codes that mean the store cannot serve now, or refuses this server's credentials: not the request's fault.
+STORE_DOWN_CODES = {"SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError", "Throttling"}
+CREDENTIAL_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+
+
+def store_unavailable(exc: Exception, *, denied: bool = True) -> bool:
+    """Whether a botocore error means the store is unreachable, slow or failing, the server has no keys, or
+    (``denied``) the store refuses them, rather than a wrong bucket, key or parameter."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        CredentialRetrievalError,
+        HTTPClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = exc.response.get("Error", {}).get("Code")
+        return status >= 500 or code in STORE_DOWN_CODES or (denied and code in CREDENTIAL_CODES)
+    return isinstance(exc, (ConnectionError, HTTPClientError, NoCredentialsError, PartialCredentialsError,
+                            CredentialRetrievalError))
+
+
 class ArtifactStore(ABC):
     """The few operations Prospect needs; every key is checked by ``check_key``."""
 

@@ -22,13 +22,14 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from core.artifact_store import S3Store
-from core.errors import InvalidInput, NotFound
+from core.artifact_store import S3Store, store_unavailable
+from core.errors import InvalidInput, NotFound, Unavailable
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SCHEME = "s3://"
+MAX_OBJECTS = 10_000  # objects listed under a source prefix before registration is refused
 
 
 def is_store_source(source: str | None) -> bool:
@@ -54,6 +55,18 @@ def _listing_sha256(hashes: dict[str, str]) -> str:
     return listing(hashes)
 
 
+def _listed(store: S3Store, leaf: str, source: str) -> list:
+    """The objects under the prefix, at most MAX_OBJECTS: a model folder holds tens of files, and a prefix
+    holding a whole bucket's tree would be listed (and its loaded files hashed) inside the request."""
+    entries = []
+    for entry in store.list(leaf):
+        entries.append(entry)
+        if len(entries) > MAX_OBJECTS:
+            raise InvalidInput(f"{source}: more than {MAX_OBJECTS} objects under this prefix; name the folder a "
+                               "model was saved to")
+    return entries
+
+
 def pin_store_model(settings: Settings, *, source: str):
     """Hash every loaded object under ``source`` (streamed); returns a PinnedModel whose folder is None."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -62,7 +75,7 @@ def pin_store_model(settings: Settings, *, source: str):
 
     store, leaf = _store(settings, source)
     try:
-        names = sorted(n for e in store.list(leaf) if is_loaded_name(n := e.key[len(leaf) + 1:]))
+        names = sorted(n for e in _listed(store, leaf, source) if is_loaded_name(n := e.key[len(leaf) + 1:]))
         weights = [n for n in names if "/" not in n and n.endswith(".safetensors")]
         if not weights:
             raise InvalidInput(f"no top-level *.safetensors under {source}: only safetensors weights are loaded")
@@ -76,6 +89,8 @@ def pin_store_model(settings: Settings, *, source: str):
             files[name] = digest.hexdigest()
         config = json.loads(store.read_bytes(f"{leaf}/config.json"))
     except (BotoCoreError, ClientError) as exc:
+        if store_unavailable(exc, denied=False):  # another bucket may refuse our keys: the request's fault
+            raise Unavailable(f"cannot read {source} now ({type(exc).__name__}: {exc}); retry later") from exc
         raise InvalidInput(f"cannot read {source}: {exc}") from exc
     except ValueError as exc:
         raise InvalidInput(f"{source}/config.json is not valid JSON: {exc}") from exc

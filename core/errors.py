@@ -30,6 +30,10 @@ class PayloadTooLarge(DomainError):
     pass
 
 
+class IncompleteRequest(DomainError):
+    """The client went away before sending the whole request: a 400 nobody reads, not a server error."""
+
+
 class Unauthorized(DomainError):
     pass
 

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
         8, ge=1, description="Group commits one API process runs at once on Postgres (1 on SQLite); events arriving "
         "meanwhile wait for the next."
     )
+    ingest_group_max_queued: int = Field(
+        5000, ge=1, description="Most single events one API process holds waiting for a group commit; beyond, "
+        "POST /v1/feedback answers 503 with Retry-After (a flood while the database is slow does not grow memory)."
+    )
     max_import_rows: int = Field(20_000, ge=1, description="Most rows in one POST /v1/feedback/import.")
     auth_failures_per_minute: float = Field(
         30.0, gt=0, description="Failed authentications a client address may make per minute (then 429)."

@@ -75,6 +75,8 @@ def download(name: str, version_or_alias: str, request: Request, session: Sessio
     """Deterministic tarball of the version folder (``<name>-v<version>/...``); ETag = its sha256."""
     v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
     session.close()  # nothing below needs the database: a slow client must not hold a connection
+    if v.tarball_sha256 is None:
+        adapters.require_members(settings, v)  # a clear 404, not an error half-way through the hashing
     adapters.ensure_tarball_sha256(request.app.state.engine, settings=settings, version=v)
     cached = not_modified(request, v.tarball_sha256)
     if cached is not None:
@@ -85,6 +87,7 @@ def download(name: str, version_or_alias: str, request: Request, session: Sessio
             return artifact_response(settings, tarball_key(v), sha256=v.tarball_sha256, filename=filename,
                                      media_type="application/gzip", headers={"X-Adapter-Version": str(v.version)},
                                      missing="no stored tarball")
+    adapters.require_members(settings, v)
     return StreamingResponse(adapters.iter_tarball(settings, v), media_type="application/gzip", headers={
         "ETag": quoted(v.tarball_sha256), "Content-Disposition": f'attachment; filename="{filename}"',
         "X-Adapter-Version": str(v.version)})

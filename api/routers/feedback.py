@@ -19,6 +19,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from api import group_commit
 from api.deps import IngestKey, ReadKey, RetractKey
@@ -38,7 +39,7 @@ from api.schemas.feedback import (
 )
 from api.schemas.importers import ImportParams
 from core import feedback, feedback_import, metrics
-from core.errors import Conflict, InvalidInput, PayloadTooLarge
+from core.errors import Conflict, IncompleteRequest, InvalidInput, PayloadTooLarge
 from core.importers import ingest as importers
 
 router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
@@ -70,11 +71,14 @@ async def _read_body(request: Request) -> bytes:
         if int(declared) > limit:
             raise PayloadTooLarge(f"body: {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body: more than the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body: more than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise IncompleteRequest(f"body: the client disconnected after {size} bytes") from None
     return b"".join(chunks)
 
 
@@ -109,7 +113,7 @@ async def post_feedback(request: Request, principal: IngestKey) -> Response:
             # SQLite has one write lock: more writers than one per process would only queue on it.
             writers = 1 if state.engine.dialect.name == "sqlite" else settings.ingest_group_writers
             committer = group_commit.for_loop(state, state.engine, max_events=settings.ingest_group_max_events,
-                                              writers=writers)
+                                              writers=writers, max_queued=settings.ingest_group_max_queued)
             result = feedback.raise_conflict(await committer.ingest(prepared))
         else:
             result = await run_in_threadpool(feedback.ingest_event, state.engine, event=event,

@@ -9,8 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import NAME_PATTERN, NO_NUL
 
-# An absolute http(s) URL: a host name or IPv4 address with an optional port, then any path.
-URL_PATTERN = r"^https?://([^\s/?#\[\]@\x00]+@)?[^\s/?#\[\]@\x00:]+(:[0-9]{1,5})?([/?#][^\s\x00]*)?$"
+# An absolute http(s) URL: a host name, IPv4 or bracketed IPv6 address with an optional port, then any path
+# (core.serving_targets refuses a bracketed host that is no IPv6 address with a 422).
+URL_PATTERN = (r"^https?://([^\s/?#\[\]@\x00]+@)?(\[[0-9A-Fa-f:.]+\]|[^\s/?#\[\]@\x00:]+)(:[0-9]{1,5})?"
+               r"([/?#][^\s\x00]*)?$")
 
 
 class TargetIn(BaseModel):

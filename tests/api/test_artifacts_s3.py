@@ -152,3 +152,21 @@ def test_an_upload_that_fails_half_way_leaves_nothing(s3, tmp_path, monkeypatch)
     assert len(calls) == 2 and list(store.list("adapters")) == []
     monkeypatch.setattr(store, "put_file", real_put)
     assert _publish(client.app.state.engine, s3, tmp_path, 2).version == 1
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_a_version_whose_files_were_deleted_is_a_clear_404_not_a_cut_200(settings, request, tmp_path, where):
+    """Before, the download fell back to building the tarball while streaming: a 200 whose body stopped at
+    the first missing object (a traceback in the server log)."""
+    st = request.getfixturevalue("s3") if where == "s3" else settings
+    client, h = make_api(st)
+    client = type(client)(client.app, raise_server_exceptions=False)
+    v = _publish(client.app.state.engine, st, tmp_path, 1)
+    store = get_store(st)
+    store.delete([e.key for e in store.list(v.path)])
+    r = client.get("/v1/adapters/chat/versions/1/download", headers=h["read"])
+    assert r.status_code == 404, (r.status_code, r.content[:100])
+    assert "missing from the artifact store" in r.json()["detail"]
+    assert "adapter_model.safetensors" in r.json()["detail"]
+    r = client.get("/v1/adapters/chat/versions/1/files/adapter_model.safetensors", headers=h["read"])
+    assert r.status_code == 404 and "missing" in r.json()["detail"]

@@ -93,3 +93,13 @@ def test_schema_carries_the_rules_a_valid_request_must_meet(api):
     assert resp.status_code == 422 and "prompt: must not be empty or blank" in resp.json()["detail"]
     resp = client.put("/v1/adapters/bot/aliases/1x", json={"version": 1}, headers=headers["admin"])
     assert resp.status_code == 422
+
+
+@pytest.mark.parametrize("url", ["http://[::1]:8000", "https://[2001:db8::7]/hooks", "http://10.0.0.5:8000"])
+def test_ip_literal_target_urls_are_accepted_as_before_the_schema_pattern(api, url):
+    """core.serving_targets always took a bracketed IPv6 host; the schema's URL pattern refused it (422)."""
+    client, headers = api
+    body = {"name": "t", "kind": "webhook", "url": url, "adapter": "bot"}
+    r = client.post("/v1/serving-targets", json=body, headers=headers["admin"])
+    assert r.status_code == 201, r.text
+    assert r.json()["url"] == url

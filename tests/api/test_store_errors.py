@@ -1,0 +1,73 @@
+"""The object store failing or named with hostile values: clear 4xx/503 answers, never a 500 (SeaweedFS)."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+from core import base_model_store
+from core.artifact_store import S3Store
+from tests.api.test_artifacts_s3 import _publish
+from tests.api_client import make_api
+from tests.s3kit import client as s3_client
+from tests.s3kit import s3_settings
+
+DOWN = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+DENIED = ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"},
+                      "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject")
+
+
+@pytest.fixture
+def s3(settings, s3_server, s3_bucket):
+    return s3_settings(settings, s3_server, s3_bucket)
+
+
+@pytest.mark.parametrize("error", [DOWN, DENIED, NoCredentialsError()], ids=["down", "denied", "no-keys"])
+def test_a_download_while_the_store_fails_is_a_503(s3, tmp_path, monkeypatch, error):
+    """Before: the botocore error reached the framework, a 500 with a traceback."""
+    client, h = make_api(s3)
+    client = type(client)(client.app, raise_server_exceptions=False)
+    _publish(client.app.state.engine, s3, tmp_path, 1)
+
+    def fail(*_a, **_k):
+        raise error
+
+    monkeypatch.setattr(S3Store, "stat", fail)
+    for path in ("download", "files/adapter_model.safetensors"):
+        r = client.get(f"/v1/adapters/chat/versions/1/{path}", headers=h["read"])
+        assert (r.status_code, r.headers.get("retry-after")) == (503, "5"), (path, r.text)
+        assert "artifact store is unavailable" in r.json()["detail"]
+
+
+def _register(client, h, source: str):
+    return client.post("/v1/base-models", json={"name": "m", "source": source}, headers=h["admin"])
+
+
+def test_hostile_s3_sources_are_refused_clearly(s3, s3_server, s3_bucket, monkeypatch):
+    client, h = make_api(s3)
+    client = type(client)(client.app, raise_server_exceptions=False)
+    for source in ("s3://", "s3://" + s3_bucket, f"s3://{s3_bucket}/", f"s3://{s3_bucket}/../x",
+                   f"s3://{s3_bucket}/a/./b", "s3://Not_A_Bucket!/m", f"s3://no-such-bucket-{s3_bucket}/m",
+                   f"s3://{s3_bucket}/nothing/here", f"s3://{s3_bucket}/" + "a" * 2000):
+        r = _register(client, h, source)
+        assert r.status_code == 422, (source, r.status_code, r.text)
+    # Thousands of objects under the prefix: refused after the cap, nothing hashed.
+    store = s3_client(s3_server)
+    for name in ("config.json", "model.safetensors", *(f"extra/{i}.json" for i in range(5))):
+        store.put_object(Bucket=s3_bucket, Key=f"big/{name}", Body=b"{}")
+    monkeypatch.setattr(base_model_store, "MAX_OBJECTS", 5)
+    r = _register(client, h, f"s3://{s3_bucket}/big")
+    assert r.status_code == 422 and "more than 5 objects" in r.json()["detail"], r.text
+    monkeypatch.setattr(base_model_store, "MAX_OBJECTS", 10_000)
+
+    # The store down or our keys missing: 503 with Retry-After (before: 422, as if the source were wrong).
+    for error in (DOWN, NoCredentialsError()):
+        def fail(*_a, _error=error, **_k):
+            raise _error
+        monkeypatch.setattr(S3Store, "list", fail)
+        r = _register(client, h, f"s3://{s3_bucket}/big")
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+    # Another bucket refusing our keys is the source's problem: 422 naming it.
+    monkeypatch.setattr(S3Store, "list", lambda *_a, **_k: (_ for _ in ()).throw(DENIED))
+    r = _register(client, h, f"s3://{s3_bucket}/big")
+    assert r.status_code == 422 and "AccessDenied" in r.json()["detail"], r.text
