@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         "0 keeps none."
     )
     checkpoint_every_steps: int = Field(20, ge=1, description="Training checkpoint period (steps).")
+    warm_models: int = Field(
+        1, ge=0, description="Verified base models a training worker keeps loaded between jobs (least recently "
+        "used dropped first); the next job on one skips hashing and loading it. 0 keeps none."
+    )
     base_model_dirs: list[Path] = Field(
         default_factory=list,
         description="Folders (JSON list) base models may be registered from, besides data_dir/models.",

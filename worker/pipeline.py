@@ -37,7 +37,6 @@ from sqlalchemy.exc import OperationalError
 
 from core import jobs
 from core import metrics as telemetry
-from core.base_models import verify_base_model
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError
 from core.heldout import PromptCounts, assign_heldout, prompt_key
@@ -49,6 +48,7 @@ from worker.gate import HeldoutRow
 from worker.gate import bootstrap as gate_bootstrap
 from worker.gate import decide as gate_decide
 from worker.gate import refusal_message as gate_refusal
+from worker.warm import process_cache
 
 log = logging.getLogger(__name__)
 
@@ -393,14 +393,10 @@ class _Run:
             return snapshot
 
     def _load_base(self, base: BaseModelRecord):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        log.info("job %s: verifying base model %s (%s)", self.job_id, base.name, base.path)
-        verify_base_model(base)  # BaseModelTampered -> the job fails with its message
-        tokenizer = AutoTokenizer.from_pretrained(base.path)
-        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, use_safetensors=True)
-        return model, tokenizer
+        """A fresh copy of the verified base (BaseModelTampered -> the job fails with its message); warm
+        when this worker verified and loaded it for an earlier job (worker.warm)."""
+        log.info("job %s: base model %s (%s)", self.job_id, base.name, base.path)
+        return process_cache(self.settings.warm_models).get(base)[:2]
 
     def _keep_refused(self, result) -> None:
         keep_refused(self.settings, job_id=self.job_id, save=result.model.save_pretrained,
