@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: install up test bench-install bench-ingest bench-snapshot bench-train lint clean vllm-install
+.PHONY: install up test bench-install bench-ingest bench-snapshot bench-train bench-loop lint clean vllm-install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-snapshot: bench-install
 
 bench-train: bench-install
 	$(PY) bench/train.py
+
+bench-loop: install
+	$(PY) bench/loop.py
 
 lint: install
 	$(VENV)/bin/ruff check core api worker alignment tests bench

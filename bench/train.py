@@ -322,10 +322,10 @@ def worker(kind: str, spec_path: str) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def ablation(spec: dict, tmp: Path) -> list[dict]:
-    """Prospect alone, once per row of ABLATION, in order."""
+def ablation(spec: dict, tmp: Path, rows: list[int] | None = None) -> list[dict]:
+    """Prospect alone, once per row of ABLATION (or of ``rows``, 0-based), in order."""
     table = []
-    for name, overrides, full_vocab_head in ABLATION:
+    for name, overrides, full_vocab_head in (ABLATION[i] for i in rows or range(len(ABLATION))):
         path = tmp / "ablation-spec.json"
         path.write_text(json.dumps({**spec, "overrides": overrides, "full_vocab_head": full_vocab_head}))
         run = spawn("prospect", path)
@@ -374,6 +374,9 @@ def main() -> None:
     parser.add_argument("--trl-gradient-checkpointing", action="store_true")
     parser.add_argument("--ablation", action="store_true",
                         help="Prospect only, adding one optimisation at a time; prints the table as JSON")
+    parser.add_argument("--ablation-rows", default=None,
+                        help="with --ablation: only these rows, 0-based, comma-separated (e.g. 5,6: threads "
+                             "without and with dropout)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -405,7 +408,8 @@ def main() -> None:
         spec_path = tmp / "spec.json"
         spec_path.write_text(json.dumps(spec))
         if args.ablation:
-            table = ablation(spec, tmp)
+            rows_wanted = [int(i) for i in args.ablation_rows.split(",")] if args.ablation_rows else None
+            table = ablation(spec, tmp, rows_wanted)
             print(json.dumps({"model": args.model, "steps": args.steps, "batch": args.batch,
                               "max_length": args.max_length, "lr": lr, "ablation": table}))
             return

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
         "worker: one per GPU with NCCL, gloo on CPU; README: Training on several processes)."
     )
     job_max_processes: int = Field(8, ge=1, description="Largest config.processes.")
+    warm_models: int = Field(
+        1, ge=0, description="Verified base models a training worker keeps loaded between jobs (least recently "
+        "used dropped first); the next job on one skips hashing and loading it. 0 keeps none."
+    )
     base_model_dirs: list[Path] = Field(
         default_factory=list,
         description="Folders (JSON list) base models may be registered from, besides data_dir/models.",

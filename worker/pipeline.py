@@ -39,7 +39,7 @@ from sqlalchemy.exc import OperationalError
 from core import jobs
 from core import metrics as telemetry
 from core.artifact_store import get_store
-from core.base_models import local_folder, verify_base_model
+from core.base_models import local_folder
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError
 from core.heldout import PromptCounts, assign_heldout, prompt_key
@@ -52,6 +52,7 @@ from worker.gate import HeldoutRow
 from worker.gate import bootstrap as gate_bootstrap
 from worker.gate import decide as gate_decide
 from worker.gate import refusal_message as gate_refusal
+from worker.warm import process_cache
 
 log = logging.getLogger(__name__)
 
@@ -407,15 +408,11 @@ class _Run:
             return snapshot
 
     def _load_base(self, base: BaseModelRecord):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        """A fresh copy of the verified base (BaseModelTampered -> the job fails with its message); warm
+        when this worker verified and loaded it for an earlier job (worker.warm)."""
         folder = local_folder(self.settings, base)  # a store-registered model: fetched once, then cached
-        log.info("job %s: verifying base model %s (%s)", self.job_id, base.name, folder)
-        verify_base_model(base, folder)  # BaseModelTampered -> the job fails with its message
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
-        return model, tokenizer
+        log.info("job %s: base model %s (%s)", self.job_id, base.name, folder)
+        return process_cache(self.settings.warm_models).get(base, folder=folder)[:2]
 
     def _keep_refused(self, result) -> None:
         keep_refused(self.settings, job_id=self.job_id, save=result.model.save_pretrained,
