@@ -30,9 +30,9 @@ def counted(monkeypatch):
     calls = {"verify": 0, "load": 0}
     verify, load = warm.verify_base_model, transformers.AutoModelForCausalLM.from_pretrained
 
-    def counting_verify(record):
+    def counting_verify(record, folder=None):
         calls["verify"] += 1
-        return verify(record)
+        return verify(record, folder)
 
     def counting_load(*args, **kwargs):
         calls["load"] += 1
