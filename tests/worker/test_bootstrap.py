@@ -16,7 +16,7 @@ from tests.tiny import build_tiny_model_dir
 from worker import bootstrap
 
 
-def test_cleanup_keeps_checkpoints_of_active_jobs_only(settings, engine):
+def _active_and_finished(engine) -> tuple[str, str]:
     with session_scope(engine) as s:
         s.add(BaseModelRecord(name="tiny", source="/m", path="/m", sha256="0" * 64))
     with session_scope(engine) as s:
@@ -24,6 +24,11 @@ def test_cleanup_keeps_checkpoints_of_active_jobs_only(settings, engine):
         finished = jobs.create_job(s, adapter_name="b", base_model_name="tiny").id
     with session_scope(engine) as s:
         jobs.request_cancel(s, job_id=finished)
+    return active, finished
+
+
+def test_cleanup_keeps_checkpoints_of_active_jobs_only(settings, engine):
+    active, finished = _active_and_finished(engine)
     for job_id in (active, finished, "unknown"):
         (settings.data_path / "checkpoints" / job_id).mkdir(parents=True)
     (settings.data_path / "staging" / f"job-{finished}").mkdir(parents=True)
@@ -57,13 +62,7 @@ def test_cleanup_removes_distributed_work_folders_and_killed_base_model_fetches(
     import os
     import time
 
-    with session_scope(engine) as s:
-        s.add(BaseModelRecord(name="tiny", source="/m", path="/m", sha256="0" * 64))
-    with session_scope(engine) as s:
-        active = jobs.create_job(s, adapter_name="a", base_model_name="tiny").id
-        finished = jobs.create_job(s, adapter_name="b", base_model_name="tiny").id
-    with session_scope(engine) as s:
-        jobs.request_cancel(s, job_id=finished)
+    active, finished = _active_and_finished(engine)
     for job_id in (active, finished):
         work = settings.data_path / "distributed" / job_id
         work.mkdir(parents=True)
