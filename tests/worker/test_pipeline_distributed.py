@@ -3,6 +3,7 @@ per process fail before anything loads, saying how to fix it."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -62,3 +63,49 @@ def test_too_few_rows_per_process_fail_up_front(stack):  # noqa: F811
     job, n_metrics, _ = _state(stack["engine"], job_id)
     assert "training on 15 processes needs >= 30 training rows (2 per process), the snapshot has 28" in job.error
     assert "set config.processes lower" in job.error and n_metrics == 0
+
+
+CRASH_RANK_1 = '''
+import importlib.abc, importlib.util, os, sys
+if os.environ.get("RANK") == "1":  # rank 1 only: its first collective raises; rank 0 waits in gloo
+    class _Hook(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "alignment.distributed":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            run = spec.loader.exec_module
+            def exec_module(module):
+                run(module)
+                def boom(self, tensor):
+                    raise RuntimeError("rank 1 failed on purpose")
+                module.World.all_reduce_ = boom
+            spec.loader.exec_module = exec_module
+            return spec
+    sys.meta_path.insert(0, _Hook())
+'''
+
+
+@pytest.mark.slow
+def test_an_exception_in_one_rank_fails_the_job_with_its_error(stack, tmp_path, monkeypatch):  # noqa: F811
+    """Rank 1 raises mid-training while rank 0 waits for it in a collective: the job must fail, saying
+    why, rather than hang; no rank outlives it and the rows' copy is gone."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_RANK_1)
+    monkeypatch.setenv("PYTHONPATH", f"{hook}:{os.environ.get('PYTHONPATH', '')}")
+    settings, engine = stack["settings"], stack["engine"]
+    job_id = _job(engine, config={**TINY_CONFIG, "processes": 2})
+    pids: list[int] = []
+    ranks_dir = settings.data_path / "distributed" / job_id / "ranks"
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(o=run_job(job_id, settings=settings)))
+    thread.start()
+    while thread.is_alive():
+        pids = sorted({*pids, *(int(f.read_text() or 0) for f in ranks_dir.glob("*.pid"))} - {0})
+        thread.join(timeout=0.2)
+    job, _, n_versions = _state(engine, job_id)
+    assert (outcome["o"].status, job.status, n_versions) == ("failed", "failed", 0)
+    assert "training on 2 processes failed" in job.error and "rank 1 failed on purpose" in job.error
+    assert not any(alive(pid) for pid in pids), "a rank outlived the failure"
+    assert not (settings.data_path / "distributed" / job_id).exists()
