@@ -60,6 +60,7 @@ def cleanup(settings: Settings) -> list[Path]:
     from core.adapters import cleanup_leftovers
     from core.artifact_store import get_store
     from core.artifact_sweep import sweep_orphans
+    from core.erasure import remove_stale_copies
 
     engine = get_engine(settings)
     with session_scope(engine) as s:
@@ -80,6 +81,7 @@ def cleanup(settings: Settings) -> list[Path]:
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child)
     removed += _stale_fetches(settings.data_path / "base-models", grace_s=PART_GRACE_S)
+    removed += remove_stale_copies(settings)  # erasure copies and spool files of rows (core.erasure)
     return removed
 
 
