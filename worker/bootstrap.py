@@ -67,10 +67,10 @@ def cleanup(settings: Settings) -> list[Path]:
         removed = list(cleanup_leftovers(settings, s))
     with session_scope(engine) as s:  # objects of crashed uploads, finished jobs' checkpoints in the store
         sweep_orphans(get_store(settings), s, grace_s=settings.artifact_orphan_grace_s)
-    # checkpoints/<job id>, staging/job-<job id>-<claim token>, distributed/<job id> (worker killed -9)
+    # checkpoints/<job id>, staging/job-<job id>-<claim token>, distributed/<job id>-<token> (killed -9)
     for folder, job_of in ((settings.data_path / "checkpoints", lambda name: name),
                            (settings.data_path / "staging", lambda name: name.removeprefix("job-").split("-")[0]),
-                           (settings.data_path / "distributed", lambda name: name)):
+                           (settings.data_path / "distributed", lambda name: name.split("-")[0])):
         if not folder.is_dir():
             continue
         with session_scope(engine) as s:

@@ -64,7 +64,7 @@ def test_cleanup_removes_distributed_work_folders_and_killed_base_model_fetches(
 
     active, finished = _active_and_finished(engine)
     for job_id in (active, finished):
-        work = settings.data_path / "distributed" / job_id
+        work = settings.data_path / "distributed" / f"{job_id}-token"
         work.mkdir(parents=True)
         (work / "rows.jsonl").write_text('{"prompt": "private", "completion": "x", "label": true}\n')
     models = settings.data_path / "base-models"
@@ -78,6 +78,6 @@ def test_cleanup_removes_distributed_work_folders_and_killed_base_model_fetches(
     (models / ("0" * 3)).mkdir()  # a finished cache folder stays
 
     removed = bootstrap.cleanup(settings)
-    assert settings.data_path / "distributed" / finished in removed and killed in removed
-    assert [p.name for p in (settings.data_path / "distributed").iterdir()] == [active]
+    assert settings.data_path / "distributed" / f"{finished}-token" in removed and killed in removed
+    assert [p.name for p in (settings.data_path / "distributed").iterdir()] == [f"{active}-token"]
     assert sorted(p.name for p in models.iterdir()) == sorted([fetching.name, "000"])
