@@ -65,6 +65,8 @@ def convert_bundled(target_dir: str | Path, *, gguf_path: str | Path | None = No
     if is_converted(target):
         return target
     if target.exists() and any(target.iterdir()):
+        if is_converted(target):  # a concurrent converter renamed its folder in since the check above
+            return target
         raise BundledModelError(
             f"{target} exists and is not a converted bundled model (no {MARKER}); remove it or choose another folder"
         )
@@ -81,9 +83,9 @@ def convert_bundled(target_dir: str | Path, *, gguf_path: str | Path | None = No
             "source_file": gguf.name,
             "source_sha256": file_sha256(gguf),
         }, indent=2))
-        if target.exists():  # an empty folder made by the caller
-            target.rmdir()
         try:
+            if target.exists():  # an empty folder made by the caller
+                target.rmdir()
             os.rename(tmp, target)
         except OSError:
             if not is_converted(target):  # not a concurrent converter that won the race

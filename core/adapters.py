@@ -295,8 +295,12 @@ def publish_adapter_version(
                 session.commit()
             except BaseException:
                 session.rollback()
-                if store.local_root is None:
-                    store.delete_prefix(key)  # unreferenced: no reader could have reached it
+                if store.local_root is None:  # unreferenced: no reader could have reached it
+                    try:
+                        store.delete_prefix(key)
+                    except Exception:  # the store is down: the sweep removes them; the cause is what counts
+                        log.warning("could not remove %s after a failed publish; the orphan sweep will", key,
+                                    exc_info=True)
                 else:
                     shutil.rmtree(final, ignore_errors=True)
                 raise

@@ -42,6 +42,7 @@ class Entry:
     key: str
     size: int
     mtime: float  # seconds since the epoch
+    etag: str | None = None  # an S3 object's ETag: tells two uploads of one key apart within a second
 
 
 def check_key(key: str) -> str:
@@ -312,7 +313,7 @@ class S3Store(ArtifactStore):
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
-        return Entry(key, head["ContentLength"], head["LastModified"].timestamp())
+        return Entry(key, head["ContentLength"], head["LastModified"].timestamp(), head.get("ETag"))
 
     def put_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key))

@@ -76,7 +76,8 @@ def _first_in_line():
                            earlier.seq < Delivery.seq)
 
 
-def _claim(engine: Engine, delivery_id: str, now: datetime, lease_s: float) -> bool:
+def _claim(engine: Engine, delivery_id: str, now: datetime, lease_s: float) -> int | None:
+    """The attempt number this worker now holds (its fence for ``_record``), or None."""
     with engine.begin() as conn:
         claimed = conn.execute(
             update(Delivery)
@@ -84,7 +85,9 @@ def _claim(engine: Engine, delivery_id: str, now: datetime, lease_s: float) -> b
                    (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now), _first_in_line())
             .values(attempts=Delivery.attempts + 1, lease_until=now + timedelta(seconds=lease_s))
         ).rowcount
-    return claimed == 1
+        if claimed != 1:
+            return None
+        return conn.execute(select(Delivery.attempts).where(Delivery.id == delivery_id)).scalar_one()
 
 
 # --- webhook ----------------------------------------------------------------------------------------------
@@ -202,7 +205,8 @@ def deliver(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
             http: httpx.Client | None = None) -> str | None:
     """One attempt at one delivery, if it is due and nobody else holds it; returns its status after, or None."""
     now = now or utcnow()
-    if not _claim(engine, delivery_id, now, settings.outbox_lease_s):
+    attempt = _claim(engine, delivery_id, now, settings.outbox_lease_s)
+    if attempt is None:
         return None
     with session_scope(engine) as s:
         d = s.get(Delivery, delivery_id)
@@ -224,16 +228,22 @@ def deliver(engine: Engine, *, settings: Settings, delivery_id: str, now: dateti
         finally:
             if own:
                 http.close()
-    status = _record(engine, settings=settings, delivery_id=delivery_id, now=now, error=error, code=code,
-                     final=final)
+    status = _record(engine, settings=settings, delivery_id=delivery_id, attempt=attempt, now=now, error=error,
+                     code=code, final=final)
     telemetry.delivery_attempt(kind, "retry" if status == "pending" else status)
     return status
 
 
-def _record(engine: Engine, *, settings: Settings, delivery_id: str, now: datetime, error: str | None,
-            code: int | None, final: bool) -> str:
+def _record(engine: Engine, *, settings: Settings, delivery_id: str, attempt: int, now: datetime,
+            error: str | None, code: int | None, final: bool) -> str:
+    """The attempt's result, unless its lease passed and another worker claimed the row since (then that
+    worker's attempt decides: clearing its lease would let a third send it meanwhile, out of order)."""
     with session_scope(engine) as s:
-        d = s.get(Delivery, delivery_id)
+        d = s.get(Delivery, delivery_id, with_for_update=True)
+        if d.attempts != attempt or d.status != "pending":
+            log.warning("delivery %s: attempt %d ended after its lease (now attempt %d, %s); its result (%s) "
+                        "is not recorded", d.id, attempt, d.attempts, d.status, error or "sent")
+            return d.status
         d.lease_until, d.last_status_code, d.last_error = None, code, error
         if error is None:
             d.status, d.delivered_at = "delivered", now

@@ -19,6 +19,9 @@
 
 Re-running it is safe: step 1 finds nothing new, and step 2 finds the pairs
 again from the kept keys, so a run that died half-way is finished by the next.
+What a run killed -9 left in ``<data>/tmp`` (the local copy of an S3 snapshot with
+every row, an upload's spool file) is removed by ``remove_stale_copies`` once
+``STALE_COPY_S`` old: at each erasure and at a worker's start.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +49,26 @@ log = logging.getLogger(__name__)
 
 EVENTS, VOTES, SNAPSHOTS = FeedbackEvent.__table__, Vote.__table__, Snapshot.__table__
 ID_CHUNK = 500  # ids per IN (...) list: far below SQLite's bound-parameter limit
+
+
+STALE_COPY_S = 6 * 3600.0  # longer than any one step of an erasure or an upload writing or reading them
+
+
+def remove_stale_copies(settings: Settings, *, grace_s: float = STALE_COPY_S) -> list[Path]:
+    """Files a killed process left in ``<data>/tmp``: erasure copies, S3 spool files (``.upload-*``)."""
+    tmp = settings.data_path / "tmp"
+    removed: list[Path] = []
+    now = time.time()
+    for path in [*tmp.glob("erasure/*"), *tmp.glob(".upload-*")]:
+        try:
+            if path.is_file() and not path.name.endswith(".lock") and now - path.stat().st_mtime >= grace_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # its owner finished meanwhile
+            continue
+    for path in removed:
+        log.warning("removed %s, left by a process killed mid-way", path)
+    return removed
 
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
@@ -156,6 +180,7 @@ def _redact(engine: Engine, settings: Settings, snap, pairs: set[str]) -> int:
 
 def erase_user_feedback(engine: Engine, *, settings: Settings, user_id: str) -> dict[str, Any]:
     """Erase one user's feedback everywhere Prospect keeps it (see the module docstring)."""
+    remove_stale_copies(settings)
     events, erased, votes_removed, pairs, first = _erase_rows(engine, user_id)
     redacted: dict[str, int] = {}
     if pairs:

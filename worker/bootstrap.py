@@ -49,21 +49,28 @@ BOOTSTRAP_TIMEOUT_S = 15 * 60
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PART_GRACE_S = 3600.0  # a base model's fetch folder untouched this long belongs to a dead process
+
+
 def cleanup(settings: Settings) -> list[Path]:
-    """Half-published adapter folders, and checkpoints / staging folders of jobs that are not
-    queued or running (a job that may still resume keeps its checkpoint). Returns what was removed."""
+    """Half-published adapter folders; checkpoints, staging and distributed work folders of jobs that
+    are not queued or running (a job that may still resume keeps its checkpoint; a work folder holds
+    a copy of training rows, which erasure does not reach); base-model fetches a killed worker left.
+    Returns what was removed."""
     from core.adapters import cleanup_leftovers
     from core.artifact_store import get_store
     from core.artifact_sweep import sweep_orphans
+    from core.erasure import remove_stale_copies
 
     engine = get_engine(settings)
     with session_scope(engine) as s:
         removed = list(cleanup_leftovers(settings, s))
     with session_scope(engine) as s:  # objects of crashed uploads, finished jobs' checkpoints in the store
         sweep_orphans(get_store(settings), s, grace_s=settings.artifact_orphan_grace_s)
-    # checkpoints/<job id>, staging/job-<job id>-<claim token>
+    # checkpoints/<job id>, staging/job-<job id>-<claim token>, distributed/<job id>-<token> (killed -9)
     for folder, job_of in ((settings.data_path / "checkpoints", lambda name: name),
-                           (settings.data_path / "staging", lambda name: name.removeprefix("job-").split("-")[0])):
+                           (settings.data_path / "staging", lambda name: name.removeprefix("job-").split("-")[0]),
+                           (settings.data_path / "distributed", lambda name: name.split("-")[0])):
         if not folder.is_dir():
             continue
         with session_scope(engine) as s:
@@ -73,6 +80,25 @@ def cleanup(settings: Settings) -> list[Path]:
                 log.info("removing leftover %s", child)
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child)
+    removed += _stale_fetches(settings.data_path / "base-models", grace_s=PART_GRACE_S)
+    removed += remove_stale_copies(settings)  # erasure copies and spool files of rows (core.erasure)
+    return removed
+
+
+def _stale_fetches(folder: Path, *, grace_s: float) -> list[Path]:
+    """``.<digest>.<id>.part`` folders (core.base_model_store) of a fetch killed mid-way: a model's size
+    each. One still written by another process on this host has a file modified within ``grace_s``."""
+    removed: list[Path] = []
+    now = time.time()
+    for child in folder.glob(".*.part") if folder.is_dir() else ():
+        try:
+            newest = max([child.stat().st_mtime, *(p.stat().st_mtime for p in child.rglob("*"))])
+        except FileNotFoundError:  # finished (renamed) or removed meanwhile
+            continue
+        if child.is_dir() and now - newest >= grace_s:
+            log.info("removing an interrupted base model fetch %s", child)
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
     return removed
 
 

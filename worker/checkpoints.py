@@ -3,23 +3,29 @@
 Training writes its checkpoint to a local folder (``<data>/checkpoints/<job id>``, atomically,
 ``alignment.train``). With an S3 store every checkpoint is then uploaded to
 ``checkpoints/<job id>/checkpoint.pt`` (a PUT replaces the object whole), and a delivery first
-downloads it when the store's copy is newer than the local one (or there is none): a worker that
-died takes only its unsaved steps with it. With the local store the folder is the checkpoint and
-nothing is copied. A failed upload is logged, not fatal: the next checkpoint tries again.
+downloads it unless the store still holds the very object this host last uploaded or fetched
+(``.store-entry``: its size, ETag and the store's time for it): a worker that died takes only its unsaved
+steps with it. Times from the store are compared only with times from the store: a local file's
+mtime is another host's clock, and a stale local checkpoint (an earlier attempt here) with a clock
+running ahead would win over the newer one another host uploaded. With the local store the folder
+is the checkpoint and nothing is copied. A failed upload is logged, not fatal: the next checkpoint
+tries again (and the local copy, newer than the store's, is kept).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.artifact_store import ArtifactStore
+from core.artifact_store import ArtifactStore, Entry
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"  # alignment.train.CHECKPOINT_FILE (this module does not import torch)
+ENTRY_FILE = ".store-entry"  # the store's object this host's local checkpoint was last uploaded as or fetched from
 
 
 @dataclass(frozen=True)
@@ -37,16 +43,28 @@ class CheckpointMirror:
         return self.store.local_root is None
 
     def restore(self) -> bool:
-        """Fetch the store's checkpoint when it is newer than the local one; True if one was fetched."""
+        """Fetch the store's checkpoint unless it is the one the local copy was last synced with; True if
+        one was fetched."""
         if not self.remote:
             return False
         entry = self.store.stat(self.key)
         local = self.folder / CHECKPOINT_FILE
-        if entry is None or (local.is_file() and local.stat().st_mtime >= entry.mtime):
+        if entry is None or (local.is_file() and self._synced() == _fields(entry)):
             return False
         self.store.get_file(self.key, local)
+        self._remember(entry)
         log.info("job %s: fetched its checkpoint from the artifact store (%d bytes)", self.job_id, entry.size)
         return True
+
+    def _synced(self) -> list | None:
+        try:
+            return json.loads((self.folder / ENTRY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _remember(self, entry: Entry | None) -> None:
+        if entry is not None:
+            (self.folder / ENTRY_FILE).write_text(json.dumps(_fields(entry)))
 
     def push(self, file: Path) -> None:
         if not self.remote:
@@ -56,6 +74,7 @@ class CheckpointMirror:
 
         try:
             self.store.put_file(self.key, file)
+            self._remember(self.store.stat(self.key))
         except (S3UploadFailedError, BotoCoreError, ClientError, OSError) as exc:  # the store blinked: training goes on, the next checkpoint retries
             log.warning("job %s: could not upload its checkpoint to the artifact store: %s", self.job_id, exc)
 
@@ -64,3 +83,7 @@ class CheckpointMirror:
         shutil.rmtree(self.folder, ignore_errors=True)
         if self.remote:
             self.store.delete_prefix(f"checkpoints/{self.job_id}")
+
+
+def _fields(entry: Entry) -> list:
+    return [entry.size, entry.mtime, entry.etag]

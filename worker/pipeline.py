@@ -89,6 +89,11 @@ def staging_dir(settings: Settings, job_id: str, token: str) -> Path:
     return settings.data_path / "staging" / f"job-{job_id}-{token}"
 
 
+def distributed_dir(settings: Settings, job_id: str, token: str) -> Path:
+    """torchrun's work folder, per attempt too: each delivery empties it before and removes it after."""
+    return settings.data_path / "distributed" / f"{job_id}-{token}"
+
+
 # ---------------------------------------------------------------- the split
 
 
@@ -450,7 +455,7 @@ class _Run:
         # "reference pass n/N" before step 1; on N processes torchrun runs it (worker.train_launch).
         # Each checkpoint is copied to the store, for another host.
         train = functools.partial(train_kto, resume=True) if config.processes == 1 else functools.partial(
-            train_in_processes, base_path=base_path, work=self.settings.data_path / "distributed" / self.job_id)
+            train_in_processes, base_path=base_path, work=distributed_dir(self.settings, self.job_id, self.token))
         train = functools.partial(train, on_phase=self._report_phase, on_progress=self._on_progress,
                                   should_stop=live.should_stop, checkpoint_dir=ckpt, on_checkpoint=mirror.push)
         try:

@@ -101,6 +101,16 @@ class _Tail:
         return [json.loads(line) for line in done if line]
 
 
+def _failure(work: Path) -> str:
+    """The first rank's exception (the others often only fail because it left the collective), else the
+    end of torchrun's log."""
+    errors = sorted((work / "errors").glob("*.txt"), key=lambda f: f.stat().st_mtime_ns)
+    if errors:
+        others = f" ({len(errors) - 1} other rank(s) failed after it)" if len(errors) > 1 else ""
+        return errors[0].read_text(errors="replace")[:2000] + others
+    return (work / "torchrun.log").read_text(errors="replace")[-2000:]
+
+
 def train_in_processes(model, tokenizer, rows: Iterable[dict], config, *, base_path: str, work: Path,
                        checkpoint_dir: Path | None, should_stop: Callable[[], bool],
                        on_progress: Callable[[int, int, dict], None] | None = None,
@@ -167,8 +177,8 @@ def _launch(model, rows, config, *, work: Path, base_path: str, checkpoint_dir: 
     if proc.returncode == EXIT_CHECKPOINT_MISMATCH and mismatch:
         raise CheckpointMismatch(mismatch)
     if proc.returncode != 0 or not (work / "result.json").exists():
-        tail = (work / "torchrun.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"training on {config.processes} processes failed (exit {proc.returncode}): {tail}")
+        raise RuntimeError(f"training on {config.processes} processes failed (exit {proc.returncode}): "
+                           f"{_failure(work)}")
     result = json.loads((work / "result.json").read_text())
     trained = PeftModel.from_pretrained(model, work / "adapter")
     trained.eval()

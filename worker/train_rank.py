@@ -103,7 +103,21 @@ def main(work: Path) -> int:
     return 0
 
 
+def record_error(work: Path, exc: BaseException) -> None:
+    """``errors/<rank>.txt``: what the launcher puts in the job's error (torchrun's own log ends in a
+    summary that does not say what went wrong)."""
+    (work / "errors").mkdir(exist_ok=True)
+    tmp = work / "errors" / f".{os.getpid()}.tmp"
+    tmp.write_text(f"rank {os.environ.get('RANK', '0')}: {type(exc).__name__}: {exc}")
+    os.replace(tmp, work / "errors" / f"{os.environ.get('RANK', '0')}.txt")
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=os.environ.get("PROSPECT_LOG_LEVEL", "INFO"),
                         format="%(asctime)s rank" + os.environ.get("RANK", "0") + " %(levelname)s %(name)s %(message)s")
-    sys.exit(main(Path(sys.argv[1])))
+    try:
+        code = main(Path(sys.argv[1]))
+    except Exception as exc:
+        record_error(Path(sys.argv[1]), exc)
+        raise
+    sys.exit(code)

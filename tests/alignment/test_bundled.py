@@ -77,3 +77,28 @@ def test_two_kto_steps_on_the_real_model(bundled_dir):
     assert all(torch.isfinite(torch.tensor(m["loss"])) and m["grad_norm"] > 0 for m in steps)
     assert result.target_modules == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert any(torch.count_nonzero(p) for n, p in result.model.named_parameters() if "lora_B" in n)
+
+
+def test_a_converter_that_loses_the_race_returns_the_winners_folder(tmp_path, monkeypatch):
+    """Two workers on one host convert at once: the other one renames its folder in between this one's
+    "converted yet?" and "is a foreign folder there?" checks. That is the winner's model, not an error
+    (which failed the bundled model's record and every job waiting for it)."""
+    from alignment import bundled
+
+    target = tmp_path / "SmolLM2"
+    real = bundled.is_converted
+    calls = []
+
+    def other_worker_finishes_meanwhile(folder):
+        calls.append(folder)
+        if len(calls) == 1:
+            target.mkdir()
+            (target / "model.safetensors").write_bytes(b"the winner's")
+            (target / MARKER).write_text("{}")
+            return False
+        return real(folder)
+
+    monkeypatch.setattr(bundled, "is_converted", other_worker_finishes_meanwhile)
+    monkeypatch.setattr(bundled, "_write_converted", lambda *a: pytest.fail("converted a second time"))
+    assert convert_bundled(target) == target
+    assert (target / "model.safetensors").read_bytes() == b"the winner's"

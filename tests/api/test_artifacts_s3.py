@@ -170,3 +170,20 @@ def test_a_version_whose_files_were_deleted_is_a_clear_404_not_a_cut_200(setting
     assert "adapter_model.safetensors" in r.json()["detail"]
     r = client.get("/v1/adapters/chat/versions/1/files/adapter_model.safetensors", headers=h["read"])
     assert r.status_code == 404 and "missing" in r.json()["detail"]
+
+
+def test_a_refused_publish_raises_its_own_error_when_its_cleanup_fails_too(s3, tmp_path, monkeypatch):
+    """A reaped delivery's publish is refused by the fence (LostClaim) while the store is down: the fence's
+    error must reach the pipeline (it decides what the delivery reports), not the cleanup's; the orphan
+    sweep removes the objects later."""
+    client, _ = make_api(s3)
+    store = get_store(s3)
+
+    def refuse(session, row):
+        monkeypatch.setattr(store, "delete", lambda keys: (_ for _ in ()).throw(OSError("the store is down")))
+        raise RuntimeError("the fence said no")
+
+    with pytest.raises(RuntimeError, match="the fence said no"):
+        _publish(client.app.state.engine, s3, tmp_path, 1, before_commit=refuse)
+    monkeypatch.undo()
+    assert [e.key.split("/")[1] for e in store.list("adapters")]  # left for the sweep

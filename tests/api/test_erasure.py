@@ -158,3 +158,24 @@ def test_erasure_rewrites_snapshots_in_an_s3_store(settings, s3_server, s3_bucke
     assert SECRET.encode() not in raw and b"bob's prompt" in raw
     assert hashlib.sha256(raw).hexdigest() == fresh["content_hash"] and fresh["n_rows"] == 1
     assert not any((s3.data_path / "tmp").rglob("*.jsonl"))  # the local copy is gone
+
+
+def test_copies_of_rows_a_killed_erasure_or_upload_left_are_removed(world):
+    """An API killed -9 mid-erasure on an S3 store leaves its local copy of the snapshot (every row, the
+    erased user's too) in <data>/tmp/erasure; a killed upload leaves its spool file. The next erasure (and a
+    worker's start) removes them once old; a copy another erasure is working on right now stays."""
+    import os
+    import time
+
+    client, h, settings = world["client"], world["h"], world["settings"]
+    tmp = settings.data_path / "tmp"
+    (tmp / "erasure").mkdir(parents=True, exist_ok=True)
+    left = [tmp / "erasure" / "deadbeef.jsonl", tmp / ".upload-x1y2"]
+    busy = tmp / "erasure" / "cafe.jsonl"
+    for path in [*left, busy]:
+        path.write_text(json.dumps({"prompt": SECRET, "completion": "x", "label": True}) + "\n")
+    old = time.time() - 2 * 86400
+    for path in left:
+        os.utime(path, (old, old))
+    assert client.delete("/v1/users/nobody/feedback", headers=h["admin"]).status_code == 200
+    assert [p for p in left if p.exists()] == [] and busy.exists()

@@ -291,3 +291,32 @@ def test_a_real_worker_delivers_what_the_api_committed(api, receiver, settings, 
         worker.stop()
     assert sorted(r["body"]["event"] for r in receiver.requests) == ["alias.moved", "alias.moved",
                                                                      "version.published"]
+
+
+def test_an_attempt_that_outlives_its_lease_does_not_clear_the_next_holders(api, receiver, tmp_path):
+    """Worker A's send outlives its lease; B claims the row and sends. A's late result must neither drop B's
+    lease (a third worker would send the row while B is in flight) nor overwrite B's outcome."""
+    client, h = api
+    engine, settings = client.app.state.engine, client.app.state.settings
+    add_target(client, h, receiver.url)
+    publish(client, tmp_path, 1)
+    with session_scope(engine) as s:
+        first = s.scalars(select(Delivery.id).order_by(Delivery.seq)).first()
+    now = utcnow()
+    lease = timedelta(seconds=settings.outbox_lease_s)
+    a = delivery._claim(engine, first, now, settings.outbox_lease_s)
+    b = delivery._claim(engine, first, now + lease + timedelta(seconds=1), settings.outbox_lease_s)
+    assert a and b
+    late = now + lease + timedelta(seconds=2)
+    delivery._record(engine, settings=settings, delivery_id=first, attempt=a, now=late, error="timed out",
+                     code=None, final=False)
+    after_backoff = late + timedelta(seconds=delivery.backoff_s(settings, 2) + 1)
+    assert after_backoff < now + 2 * lease  # B's lease runs still
+    assert not delivery._claim(engine, first, after_backoff, settings.outbox_lease_s)  # B still holds it
+    assert delivery._record(engine, settings=settings, delivery_id=first, attempt=b, now=late, error=None,
+                            code=200, final=False) == "delivered"
+    delivery._record(engine, settings=settings, delivery_id=first, attempt=a, now=late, error="refused",
+                     code=400, final=True)
+    with session_scope(engine) as s:
+        d = s.get(Delivery, first)
+        assert (d.status, d.last_status_code, d.lease_until) == ("delivered", 200, None)

@@ -99,3 +99,51 @@ def test_registering_a_prefix_without_weights_is_refused(settings, engine, s3_se
     resp = TestClient(create_app(api_host)).post("/v1/base-models", headers=admin,
                                                  json={"name": "empty", "source": f"s3://{s3_bucket}/nothing"})
     assert resp.status_code == 422 and "safetensors" in resp.json()["detail"], resp.text
+
+
+def test_two_jobs_fetching_at_once_and_a_full_disk_leave_one_verified_copy(stored_model, engine, monkeypatch):
+    """Concurrency 2 on one host: both fetch into their own .part folder and rename; the loser's rename
+    fails on the winner's folder, which it then uses. A fetch that fails mid-way (disk full) leaves
+    nothing a later job would take for the cache."""
+    import errno
+    import threading
+
+    from core.base_model_store import fetch_store_model
+    from core.base_models import get_base_model_or_none
+
+    worker_host, _, _, pinned = stored_model
+    with session_scope(engine) as s:
+        record = get_base_model_or_none(s, name="tiny")
+        s.expunge(record)
+    target = cache_folder(worker_host, pinned)
+    real = S3Store.get_file
+    full = {"on": True}
+
+    def disk_full(self, key, dest):
+        if full["on"] and key.endswith("config.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, key, dest)
+
+    monkeypatch.setattr(S3Store, "get_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        fetch_store_model(worker_host, record)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+    full["on"] = False
+    both_downloading = threading.Barrier(2, timeout=30)
+
+    def in_step(self, key, dest):
+        if key.endswith("config.json"):
+            both_downloading.wait()
+        return real(self, key, dest)
+
+    monkeypatch.setattr(S3Store, "get_file", in_step)
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(fetch_store_model(worker_host, record)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [target, target]
+    assert [p.name for p in target.parent.iterdir()] == [target.name] and file_hashes(target) == pinned

@@ -16,7 +16,7 @@ from tests.tiny import build_tiny_model_dir
 from worker import bootstrap
 
 
-def test_cleanup_keeps_checkpoints_of_active_jobs_only(settings, engine):
+def _active_and_finished(engine) -> tuple[str, str]:
     with session_scope(engine) as s:
         s.add(BaseModelRecord(name="tiny", source="/m", path="/m", sha256="0" * 64))
     with session_scope(engine) as s:
@@ -24,6 +24,11 @@ def test_cleanup_keeps_checkpoints_of_active_jobs_only(settings, engine):
         finished = jobs.create_job(s, adapter_name="b", base_model_name="tiny").id
     with session_scope(engine) as s:
         jobs.request_cancel(s, job_id=finished)
+    return active, finished
+
+
+def test_cleanup_keeps_checkpoints_of_active_jobs_only(settings, engine):
+    active, finished = _active_and_finished(engine)
     for job_id in (active, finished, "unknown"):
         (settings.data_path / "checkpoints" / job_id).mkdir(parents=True)
     (settings.data_path / "staging" / f"job-{finished}").mkdir(parents=True)
@@ -48,3 +53,31 @@ def test_bundled_model_is_registered_once(settings, engine, tmp_path):
     with session_scope(engine) as s:
         assert s.scalar(select(func.count()).select_from(BaseModelRecord)) == 1
     shutil.rmtree(folder)
+
+
+def test_cleanup_removes_distributed_work_folders_and_killed_base_model_fetches(settings, engine):
+    """A worker killed -9 mid-training leaves distributed/<job>/rows.jsonl (users' rows, which erasure
+    does not reach) and mid-fetch a base model's .part folder (a model's size): both go, unless the job
+    may still run here or the fetch is still being written."""
+    import os
+    import time
+
+    active, finished = _active_and_finished(engine)
+    for job_id in (active, finished):
+        work = settings.data_path / "distributed" / f"{job_id}-token"
+        work.mkdir(parents=True)
+        (work / "rows.jsonl").write_text('{"prompt": "private", "completion": "x", "label": true}\n')
+    models = settings.data_path / "base-models"
+    killed, fetching = models / ".abc.1234.part", models / ".abc.5678.part"
+    for part in (killed, fetching):
+        part.mkdir(parents=True)
+        (part / "model.safetensors").write_bytes(b"half")
+    old = time.time() - 2 * 86400  # two days
+    for p in (killed / "model.safetensors", killed):
+        os.utime(p, (old, old))
+    (models / ("0" * 3)).mkdir()  # a finished cache folder stays
+
+    removed = bootstrap.cleanup(settings)
+    assert settings.data_path / "distributed" / f"{finished}-token" in removed and killed in removed
+    assert [p.name for p in (settings.data_path / "distributed").iterdir()] == [f"{active}-token"]
+    assert sorted(p.name for p in models.iterdir()) == sorted([fetching.name, "000"])
