@@ -4,7 +4,7 @@
 
 No framework, no auth, no validation: read the body, parse the JSON, compute
 the keys the row needs, and run the API's own one-statement insert
-(``core.feedback._PG_INGEST_ONE``, event + vote, autocommit: one commit per
+(``core.feedback_write._PG_INGEST_ONE``, event + vote, autocommit: one commit per
 request) with psycopg through a small connection pool on a thread pool, the
 same shape as the API (sync driver, 40 threads, at most 30 connections).
 """
@@ -23,7 +23,7 @@ import psycopg
 from sqlalchemy import make_url
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
-from core.feedback import _PG_INGEST_ONE
+from core.feedback_write import _PG_INGEST_ONE
 
 SQL = str(_PG_INGEST_ONE.compile(dialect=pg_psycopg.dialect()))
 THREADS, MAX_CONNECTIONS = 40, 30

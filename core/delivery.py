@@ -37,7 +37,7 @@ import orjson
 from sqlalchemy import Engine, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
-from core import adapters, serving_compat
+from core import adapter_aliases, adapters, serving_compat
 from core import metrics as telemetry
 from core.attribution import served_name
 from core.db import session_scope
@@ -131,7 +131,7 @@ def needed_versions(session: Session, *, adapter_name: str) -> set[int]:
                                                    Rollout.status == "running"))
     if rollout is not None:
         needed |= {rollout.candidate_version, rollout.baseline_version}
-    for alias in ("champion", adapters.LATEST):
+    for alias in ("champion", adapter_aliases.LATEST):
         row = session.get(AdapterAlias, (adapter_name, alias))
         if row is not None:
             needed.add(row.version)

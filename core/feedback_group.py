@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
-from core import feedback
+from core import feedback_write
 from core.feedback import IngestResult, PreparedEvent
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def ingest_group(engine: Engine, prepared: Sequence[PreparedEvent]) -> list[Outc
     results: list[IngestResult | None] = [None] * len(group)
     try:
         with engine.begin() as conn:
-            feedback._write(conn, group, results)
+            feedback_write._write(conn, group, results)
     except Exception as exc:  # noqa: BLE001 - each row is retried alone and gets its own outcome
         log.info("a group of %d events failed (%s: %s); writing them one at a time",
                  len(group), type(exc).__name__, exc)
@@ -45,6 +45,6 @@ def ingest_group(engine: Engine, prepared: Sequence[PreparedEvent]) -> list[Outc
 
 def _alone(engine: Engine, prepared: PreparedEvent) -> Outcome:
     try:
-        return feedback.ingest_prepared(engine, prepared)
+        return feedback_write.ingest_prepared(engine, prepared)
     except Exception as exc:  # noqa: BLE001 - handed to the request that sent this event
         return exc

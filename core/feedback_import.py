@@ -4,23 +4,38 @@ The whole import is still one transaction (all rows or none), but only one
 chunk of decoded rows, events and SQL parameters is alive at once, so memory
 stays a small multiple of the body instead of ~65 bytes per body byte. The
 row count is checked before anything is decoded (413 over ``max_import_rows``).
-Runs in a worker thread: nothing here may touch the event loop.
+Runs in a worker thread: nothing here may touch the event loop. Also here: how one TRL row (KTO
+or paired) becomes events, shared with ``core.importers.trl``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine
 
-from core import attribution, feedback
+from core import attribution
 from core.errors import DomainError, PayloadTooLarge
-from core.feedback import EventInput, ImportSummary, InvalidItem, Limits
+from core.feedback import EventInput, InvalidItem, Limits, _bad, _canonical, _sha
+from core.feedback_write import _ingest_items
 
 CHUNK_ROWS = 500
+MAX_IMPORT_ERRORS = 50
 DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class ImportSummary:
+    rows: int = 0
+    events: int = 0
+    created: int = 0
+    duplicate: int = 0
+    conflict: int = 0
+    invalid: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _jsonl_lines(body: bytes) -> Iterator[tuple[int, bytes]]:
@@ -53,9 +68,9 @@ def iter_records(body: bytes, *, max_rows: int) -> Iterator[tuple[int, Any]]:
         try:
             values = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise feedback._bad("body", f"is not valid JSON: {exc}") from None
+            raise _bad("body", f"is not valid JSON: {exc}") from None
         if not isinstance(values, list):
-            raise feedback._bad("body", "must be a JSON list of rows or JSONL")
+            raise _bad("body", "must be a JSON list of rows or JSONL")
         _check_rows(len(values), max_rows)
         values.reverse()  # pop from the end, so decoded rows are freed as they are written
         index = 0
@@ -68,12 +83,57 @@ def iter_records(body: bytes, *, max_rows: int) -> Iterator[tuple[int, Any]]:
         try:
             yield n, orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            yield n, feedback._bad(f"line {n}", f"is not valid JSON: {exc}")
+            yield n, _bad(f"line {n}", f"is not valid JSON: {exc}")
 
 
 def _check_rows(rows: int, max_rows: int) -> None:
     if rows > max_rows:
         raise PayloadTooLarge(f"body: {rows} rows exceeds the limit of {max_rows} rows per import; split the file")
+
+
+def _prompt_fields(prompt: Any) -> dict[str, Any]:
+    if isinstance(prompt, list):
+        return {"messages": prompt}
+    if isinstance(prompt, str):
+        return {"prompt": prompt}
+    raise _bad("prompt", "must be a string or a list of {role, content} messages")
+
+
+def _record_events(record: Any, model: str | None) -> list[EventInput]:
+    """One KTO row -> one event; one paired row -> an up and a down event. Ids derive from the content,
+    so importing the same file twice stores nothing new."""
+    if not isinstance(record, dict):
+        raise _bad("row", "must be a JSON object")
+    base_id = "import-" + _sha(_canonical(record))[:40]
+    meta = {"source": "import"}
+    if "completion" in record:
+        extra = set(record) - {"prompt", "completion", "label"}
+        if extra:
+            raise _bad("row", f"unexpected field(s) {', '.join(sorted(extra))} in a KTO row")
+        if not isinstance(record.get("label"), bool):
+            raise _bad("label", "must be true or false in a KTO row")
+        return [
+            EventInput(
+                response=record["completion"],
+                label="up" if record["label"] else "down",
+                event_id=base_id,
+                model=model,
+                metadata=meta,
+                **_prompt_fields(record.get("prompt")),
+            )
+        ]
+    if "chosen" in record or "rejected" in record:
+        extra = set(record) - {"prompt", "chosen", "rejected"}
+        if extra:
+            raise _bad("row", f"unexpected field(s) {', '.join(sorted(extra))} in a paired row")
+        p = _prompt_fields(record.get("prompt"))
+        return [
+            EventInput(response=record.get("chosen"), label="up", event_id=base_id + "-c", model=model,
+                       metadata=meta, **p),
+            EventInput(response=record.get("rejected"), label="down", event_id=base_id + "-r", model=model,
+                       metadata=meta, **p),
+        ]
+    raise _bad("row", "expected {prompt, completion, label} (KTO) or {prompt, chosen, rejected} (paired)")
 
 
 def _chunks(records: Iterator[tuple[int, Any]], model: str | None, summary: ImportSummary, *,
@@ -86,7 +146,7 @@ def _chunks(records: Iterator[tuple[int, Any]], model: str | None, summary: Impo
         try:
             if isinstance(record, DomainError):
                 raise record
-            events = feedback._record_events(record, model)
+            events = _record_events(record, model)
         except DomainError as exc:
             items.append(InvalidItem(exc.message))
             lines.append(line)
@@ -122,11 +182,11 @@ def import_body(
     records = iter_records(body, max_rows=max_rows)
     with engine.begin() as conn:
         for items, lines in _chunks(records, model, summary, adapter=adapter, adapter_version=adapter_version):
-            results = feedback._ingest_items(conn, items, limits, api_key_id)
+            results = _ingest_items(conn, items, limits, api_key_id)
             for line, r in zip(lines, results, strict=True):
                 setattr(summary, r.status, getattr(summary, r.status) + 1)
                 if r.status != "invalid":
                     summary.events += 1
-                if r.error and len(summary.errors) < feedback.MAX_IMPORT_ERRORS:
+                if r.error and len(summary.errors) < MAX_IMPORT_ERRORS:
                     summary.errors.append({"line": line, "status": r.status, "message": r.error})
     return summary

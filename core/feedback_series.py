@@ -1,6 +1,6 @@
 """Feedback over time, for the dashboard: counted votes per day and the most recent events.
 
-Counts follow ``core.feedback.feedback_stats`` (counted votes after re-votes
+Counts follow ``core.feedback_query.feedback_stats`` (counted votes after re-votes
 and retractions, bounded on the vote's created_at); days are UTC days.
 """
 
@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import Date, Engine, cast, func, select
 
-from core.feedback import EVENTS, VOTES, _utc, _vote_filters
+from core.feedback import EVENTS, VOTES, _utc
+from core.feedback_query import _vote_filters
 from core.live_stats import figures
 
 

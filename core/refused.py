@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from core.adapters import publish_adapter_version
+from core.adapter_publish import publish_adapter_version
 from core.artifact_store import ArtifactStore, get_store
 from core.errors import Conflict, InvalidInput, NotFound
 from core.jobs import JobOptions, get_job

@@ -32,7 +32,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core import adapters, outbox, serving_compat
+from core import adapter_aliases, adapters, outbox, serving_compat
 from core.attribution import served_name
 from core.db import session_scope
 from core.errors import Conflict, InvalidInput, NotFound
@@ -220,7 +220,7 @@ def _promote(session: Session, rollout: Rollout) -> str | None:
     expected = None if current is None and rollout.baseline_ref != CHAMPION else rollout.baseline_version
     try:
         with session.begin_nested():
-            adapters.move_alias(session, adapter_name=rollout.adapter_name, alias=CHAMPION,
+            adapter_aliases.move_alias(session, adapter_name=rollout.adapter_name, alias=CHAMPION,
                                 version=rollout.candidate_version, expected_version=expected,
                                 moved_by=f"rollout {rollout.id}")
     except Conflict as exc:
@@ -284,7 +284,7 @@ def route(session: Session, *, adapter_name: str, unit: str) -> dict[str, Any]:
         version = rollout.candidate_version if arm == "candidate" else rollout.baseline_version
         return {"version": version, "served_name": served_name(adapter_name, version), "rollout_id": rollout.id,
                 "arm": arm, "alias": None}
-    for alias in (CHAMPION, adapters.LATEST):
+    for alias in (CHAMPION, adapter_aliases.LATEST):
         row = session.get(AdapterAlias, (adapter_name, alias))
         if row is not None:
             return {"version": row.version, "served_name": served_name(adapter_name, row.version),

@@ -18,7 +18,7 @@ from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.http_cache import not_modified, quoted
 from api.queue import commit_and_kick
 from api.schemas.adapters import AdapterOut, AdapterVersionOut, AliasIn, AliasMoveOut, AliasOut
-from core import adapters
+from core import adapter_aliases, adapter_publish, adapters
 from core.adapter_objects import tarball_key
 from core.artifact_store import get_store
 from core.errors import NotFound
@@ -48,13 +48,13 @@ def list_adapters(session: SessionDep, _: ReadKey) -> list[dict]:
 @router.get("/{name}/versions", response_model=list[AdapterVersionOut], summary="List versions", responses=ERRORS)
 def list_versions(name: str, session: SessionDep, _: ReadKey) -> list[AdapterVersionOut]:
     by_version: dict[int, list[str]] = {}
-    for alias, version in adapters.aliases_of(session, adapter_name=name).items():
+    for alias, version in adapter_aliases.aliases_of(session, adapter_name=name).items():
         by_version.setdefault(version, []).append(alias)
     return [
         AdapterVersionOut(adapter=v.adapter_name, version=v.version, created_at=v.created_at, job_id=v.job_id,
                           snapshot_id=v.snapshot_id, base_model=v.manifest["base_model"]["name"],
                           manifest_sha256=v.manifest_sha256, aliases=by_version.get(v.version, []),
-                          gate=adapters.gate_verdict(v.manifest))
+                          gate=adapter_publish.gate_verdict(v.manifest))
         for v in adapters.list_versions(session, adapter_name=name)
     ]
 
@@ -118,7 +118,7 @@ def move_alias(name: str, alias: MovableAlias, body: AliasIn, session: SessionDe
 
     ``latest`` moves only on publish. Rolling back is moving an alias back.
     """
-    row = adapters.move_alias(session, adapter_name=name, alias=alias, version=body.version,
+    row = adapter_aliases.move_alias(session, adapter_name=name, alias=alias, version=body.version,
                               expected_version=body.expected_version, moved_by=moved_by(principal))
     commit_and_kick(session, settings)
     return AliasOut(adapter=row.adapter_name, alias=row.alias, version=row.version, updated_at=row.updated_at)
@@ -128,4 +128,4 @@ def move_alias(name: str, alias: MovableAlias, body: AliasIn, session: SessionDe
             responses=ERRORS)
 def alias_history(name: str, alias: str, session: SessionDep, _: ReadKey) -> list[AliasMoveOut]:
     return [AliasMoveOut(from_version=h.from_version, to_version=h.to_version, moved_by=h.moved_by,
-                         moved_at=h.moved_at) for h in adapters.alias_history(session, adapter_name=name, alias=alias)]
+                         moved_at=h.moved_at) for h in adapter_aliases.alias_history(session, adapter_name=name, alias=alias)]

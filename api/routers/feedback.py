@@ -38,7 +38,7 @@ from api.schemas.feedback import (
     parse_event,
 )
 from api.schemas.importers import ImportParams
-from core import feedback, feedback_import, metrics
+from core import feedback, feedback_import, feedback_query, feedback_write, metrics
 from core.errors import Conflict, IncompleteRequest, InvalidInput, PayloadTooLarge
 from core.importers import ingest as importers
 
@@ -114,9 +114,9 @@ async def post_feedback(request: Request, principal: IngestKey) -> Response:
             writers = 1 if state.engine.dialect.name == "sqlite" else settings.ingest_group_writers
             committer = group_commit.for_loop(state, state.engine, max_events=settings.ingest_group_max_events,
                                               writers=writers, max_queued=settings.ingest_group_max_queued)
-            result = feedback.raise_conflict(await committer.ingest(prepared))
+            result = feedback_write.raise_conflict(await committer.ingest(prepared))
         else:
-            result = await run_in_threadpool(feedback.ingest_event, state.engine, event=event,
+            result = await run_in_threadpool(feedback_write.ingest_event, state.engine, event=event,
                                              limits=_limits(request), api_key_id=principal.key_id)
     except (Conflict, InvalidInput, PayloadTooLarge) as exc:
         metrics.feedback_ingested([("conflict" if isinstance(exc, Conflict) else "invalid", event.label)])
@@ -145,7 +145,7 @@ async def post_batch(request: Request, principal: IngestKey) -> Response:
         raise PayloadTooLarge(f"events: {len(raw)} events exceeds the limit of {settings.max_batch_events}")
     items = [parse_batch_item(obj) for obj in raw]
     results = await run_in_threadpool(
-        feedback.ingest_batch,
+        feedback_write.ingest_batch,
         request.app.state.engine,
         items=items,
         limits=_limits(request),
@@ -165,7 +165,7 @@ async def get_stats(request: Request, _: ReadKey, since: Since = None, until: Un
                     model: ModelQ = None) -> Response:
     """Up/down counts of the counted votes (after re-votes and retractions), overall and per model."""
     stats = await run_in_threadpool(
-        feedback.feedback_stats, request.app.state.read_engine, since=since, until=until, model=model
+        feedback_query.feedback_stats, request.app.state.read_engine, since=since, until=until, model=model
     )
     return _json(stats)
 
@@ -180,7 +180,7 @@ async def get_stats(request: Request, _: ReadKey, since: Since = None, until: Un
 async def export(request: Request, _: ReadKey, format: Literal["kto-jsonl"] = "kto-jsonl",
                  since: Since = None, until: Until = None, model: ModelQ = None) -> StreamingResponse:
     """Streamed JSONL in TRL's unpaired KTO format; prompt is the text or the messages list."""
-    chunks = feedback.iter_kto_jsonl(request.app.state.read_engine, since=since, until=until, model=model)
+    chunks = feedback_query.iter_kto_jsonl(request.app.state.read_engine, since=since, until=until, model=model)
     # Read the first chunk before answering, so a database outage is a 503 rather than a cut stream.
     first = await run_in_threadpool(next, chunks, None)
     body: Iterator[bytes] = iter(()) if first is None else itertools.chain([first], chunks)
@@ -248,7 +248,7 @@ async def import_dataset(
 
 @router.get("/{event_id}", response_model=FeedbackEventOut, summary="One stored event", responses=ERRORS)
 async def get_event(request: Request, event_id: str, _: ReadKey) -> Response:
-    return _json(await run_in_threadpool(feedback.get_event, request.app.state.read_engine, event_id=event_id))
+    return _json(await run_in_threadpool(feedback_query.get_event, request.app.state.read_engine, event_id=event_id))
 
 
 @router.delete("/{event_id}", response_model=RetractOut, summary="Retract an event", responses=ERRORS)
@@ -256,5 +256,5 @@ async def retract(request: Request, event_id: str, principal: RetractKey) -> Res
     """Excludes the event's vote from stats, exports and future snapshots; the raw event is kept, marked.
     Only the key that created the event, or a train/admin key, may retract it; others get 404."""
     any_key = bool(principal.scopes & {"train", "admin"})
-    return _json(await run_in_threadpool(feedback.retract_event, request.app.state.engine, event_id=event_id,
+    return _json(await run_in_threadpool(feedback_write.retract_event, request.app.state.engine, event_id=event_id,
                                          api_key_id=principal.key_id, any_key=any_key))

@@ -12,7 +12,7 @@ from api.queue import commit_and_kick
 from api.routers import adapters as adapters_api
 from api.ui import session as ui_session
 from api.ui.render import UiRoute, error_page, page, see_other
-from core import adapters, live_stats, rollouts
+from core import adapter_aliases, adapters, live_stats, rollouts
 from core.errors import Conflict, InvalidInput
 
 router = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)
@@ -29,7 +29,7 @@ def adapters_page(request: Request, session: SignedIn) -> Response:
 
 def _adapter_context(db, name: str) -> dict:
     versions = adapters.list_versions(db, adapter_name=name)  # NotFound -> 404 page
-    aliases = adapters.aliases_of(db, adapter_name=name)
+    aliases = adapter_aliases.aliases_of(db, adapter_name=name)
     by_version: dict[int, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(version, []).append(alias)
@@ -37,7 +37,7 @@ def _adapter_context(db, name: str) -> dict:
     running = rollouts.running_rollout(db, adapter_name=name)
     return {
         "name": name, "versions": list(reversed(versions)), "aliases": aliases, "by_version": by_version,
-        "history": {a: list(reversed(adapters.alias_history(db, adapter_name=name, alias=a))) for a in aliases},
+        "history": {a: list(reversed(adapter_aliases.alias_history(db, adapter_name=name, alias=a))) for a in aliases},
         "live": {v["version"]: v for v in live["versions"]}, "base_live": live["base"],
         "running": running, "running_figures": rollouts.current_figures(db, running) if running else None,
         "past_rollouts": [r for r in rollouts.list_rollouts(db, adapter_name=name) if r.status != "running"][:10],
@@ -76,12 +76,12 @@ async def move_alias(request: Request, name: str, session: SignedIn) -> Response
     conflict = None
     with request.app.state.session_factory() as db:  # closed before any other session opens (SQLite locks)
         try:
-            adapters.move_alias(db, adapter_name=name, alias=alias, version=version, expected_version=expected,
+            adapter_aliases.move_alias(db, adapter_name=name, alias=alias, version=version, expected_version=expected,
                                 moved_by=adapters_api.moved_by(session.principal) + " via the dashboard")
         except Conflict as exc:
             db.rollback()
             conflict = {"alias": alias, "version": version, "expected": expected, "message": exc.message,
-                        "now": adapters.aliases_of(db, adapter_name=name).get(alias)}
+                        "now": adapter_aliases.aliases_of(db, adapter_name=name).get(alias)}
         else:
             commit_and_kick(db, request.app.state.settings)
     if conflict is not None:

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from api.ui import session as ui_session
 from api.ui.charts import COLORS, Series, line_chart, stacked_bars
 from api.ui.render import UiRoute, page
-from core import adapters, feedback, feedback_series, live_stats
+from core import adapters, feedback_query, feedback_series, live_stats
 from core.errors import InvalidInput
 
 router = APIRouter(prefix="/ui", route_class=UiRoute, include_in_schema=False)
@@ -84,8 +84,8 @@ def feedback_page(request: Request, session: SignedIn, range: Annotated[str, Que
     model = model or None
     start, end = _window(range, since, until)
     rows = feedback_series.votes_per_day(engine, since=start, until=end, model=model)
-    stats = feedback.feedback_stats(engine, since=start, until=end, model=model)
-    models = [m["model"] for m in feedback.feedback_stats(engine)["by_model"] if m["model"] is not None]
+    stats = feedback_query.feedback_stats(engine, since=start, until=end, model=model)
+    models = [m["model"] for m in feedback_query.feedback_stats(engine)["by_model"] if m["model"] is not None]
     with request.app.state.session_factory() as db:
         per_adapter = [live_stats.adapter_feedback(db, adapter_name=a["name"], since=start, until=end)
                        for a in adapters.list_adapters(db)]
@@ -99,4 +99,4 @@ def feedback_page(request: Request, session: SignedIn, range: Annotated[str, Que
 
 @router.get("/feedback/events/{event_id}", response_class=HTMLResponse)
 def event_page(request: Request, event_id: str, session: SignedIn) -> Response:
-    return page(request, "event.html", event=feedback.get_event(request.app.state.engine, event_id=event_id))
+    return page(request, "event.html", event=feedback_query.get_event(request.app.state.engine, event_id=event_id))

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from core import feedback
+from core import feedback_import, feedback_write
 from core.feedback import EventInput, InvalidItem, Limits
 from core.importers import convert
 from core.importers.base import Conversion, Options
@@ -60,7 +60,7 @@ def ingest(engine: Engine, *, conversion: Conversion, limits: Limits = DEFAULT_L
     with engine.connect() as conn:
         tx = conn.begin()
         try:
-            results = feedback._ingest_items(conn, items, limits, api_key_id)
+            results = feedback_write._ingest_items(conn, items, limits, api_key_id)
         except BaseException:
             tx.rollback()
             raise
@@ -74,7 +74,7 @@ def ingest(engine: Engine, *, conversion: Conversion, limits: Limits = DEFAULT_L
     for ref, r in zip(refs, results, strict=True):
         report[r.status] += 1
         report["events"] += r.status != "invalid"
-        if r.error and len(report["errors"]) < feedback.MAX_IMPORT_ERRORS:
+        if r.error and len(report["errors"]) < feedback_import.MAX_IMPORT_ERRORS:
             report["errors"].append({"record": ref, "status": r.status, "message": r.error})
     return report
 

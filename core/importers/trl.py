@@ -1,6 +1,6 @@
 """Prospect's own formats through the same path: TRL rows (``kto``, ``paired``) and event dicts (``events``).
 
-``kto`` / ``paired`` reuse the rules of the original import (``core.feedback``):
+``kto`` / ``paired`` reuse the rules of the original import (``core.feedback_import``):
 ids derive from the row's content. ``events`` takes the objects
 ``POST /v1/feedback/batch`` takes, one per line; the CLI sends converted
 exports this way, in batches, so that every source gets ``dry_run``.
@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from core import feedback
+from core import feedback_import
 from core.errors import DomainError
 from core.importers.base import Conversion, Options
 
@@ -32,7 +32,7 @@ def _rows(kind: str):
                         conv.invalid.append((ref, "row: expected a paired row {prompt, chosen, rejected}"))
                         continue
                 try:
-                    events = feedback._record_events(rec, options.model)
+                    events = feedback_import._record_events(rec, options.model)
                 except DomainError as exc:
                     conv.invalid.append((ref, exc.message))
                     continue

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from api.main import create_app
-from core import feedback
+from core import feedback_write
 from core.db import session_scope
 from core.keys import create_key
 from core.models import FeedbackEvent, Vote
@@ -343,11 +343,11 @@ def test_failure_mid_transaction_writes_nothing(api, monkeypatch):
     def insert_then_boom(engine, p):
         # The one-statement Postgres path: the write happens, then the connection dies before COMMIT.
         with engine.begin() as conn:
-            conn.execute(feedback._PG_INGEST_ONE, {**p.row, "voter_key": p.voter_key})
+            conn.execute(feedback_write._PG_INGEST_ONE, {**p.row, "voter_key": p.voter_key})
             boom()
 
-    monkeypatch.setattr(feedback, "_upsert_votes", boom)
-    monkeypatch.setattr(feedback, "_ingest_one_pg", insert_then_boom)
+    monkeypatch.setattr(feedback_write, "_upsert_votes", boom)
+    monkeypatch.setattr(feedback_write, "_ingest_one_pg", insert_then_boom)
     r = client.post("/v1/feedback", json=ev(event_id="x"), headers=h["ingest"])
     assert r.status_code == 503 and r.headers["retry-after"]
     r = client.post("/v1/feedback/batch", json={"events": [ev(event_id="y"), ev(event_id="z")]}, headers=h["ingest"])

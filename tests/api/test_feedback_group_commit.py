@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from api.main import create_app
-from core import feedback
+from core import feedback, feedback_query, feedback_write
 from core.db import session_scope
 from core.keys import create_key
 from core.models import FeedbackEvent
@@ -94,10 +94,10 @@ def test_results_equal_the_ungrouped_path(settings, group):
                for t, label in ((1, "down"), (3, "up"), (2, "down"))]
     res = post_all(app, h, again + revotes)
     assert outcomes(res) == [(200, "duplicate")] * 10 + [(409, None)] * 10 + [(201, "created")] * 3
-    stats = feedback.feedback_stats(app.state.engine)
+    stats = feedback_query.feedback_stats(app.state.engine)
     assert (stats["up"], stats["down"]) == (5 + 1 + 1, 5)  # + the warm-up event's up, + r3's up
-    assert feedback.get_event(app.state.engine, event_id="r3")["counted"] is True
-    assert not any(feedback.get_event(app.state.engine, event_id=e)["counted"] for e in ("r1", "r2"))
+    assert feedback_query.get_event(app.state.engine, event_id="r3")["counted"] is True
+    assert not any(feedback_query.get_event(app.state.engine, event_id=e)["counted"] for e in ("r1", "r2"))
     if group:
         assert app.state.group_committer.groups < len(again + revotes)
 
@@ -126,7 +126,7 @@ def test_one_bad_row_fails_only_its_own_request(settings, monkeypatch):
 def _broken_commits(monkeypatch, app, *, groups_only: bool) -> list[int]:
     """Every write of a group (or of anything, when not groups_only) happens, then fails before COMMIT, as
     when the connection dies: the transaction rolls back. Returns the sizes of the writes that failed."""
-    real_write = feedback._write
+    real_write = feedback_write._write
     failed: list[int] = []
 
     def write_then_die(conn, prepared, results):
@@ -137,12 +137,12 @@ def _broken_commits(monkeypatch, app, *, groups_only: bool) -> list[int]:
 
     def one_pg_then_die(engine, p):
         with engine.begin() as conn:
-            conn.execute(feedback._PG_INGEST_ONE, {**p.row, "voter_key": p.voter_key})
+            conn.execute(feedback_write._PG_INGEST_ONE, {**p.row, "voter_key": p.voter_key})
             raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
 
-    monkeypatch.setattr(feedback, "_write", write_then_die)
+    monkeypatch.setattr(feedback_write, "_write", write_then_die)
     if not groups_only:
-        monkeypatch.setattr(feedback, "_ingest_one_pg", one_pg_then_die)
+        monkeypatch.setattr(feedback_write, "_ingest_one_pg", one_pg_then_die)
     return failed
 
 
@@ -177,7 +177,7 @@ def test_every_2xx_is_committed_under_random_failures(settings, monkeypatch):
     import random
 
     rng = random.Random(7)
-    real_write, real_one = feedback._write, feedback._ingest_one_pg
+    real_write, real_one = feedback_write._write, feedback_write._ingest_one_pg
 
     def flaky(real):
         def call(*args):
@@ -188,8 +188,8 @@ def test_every_2xx_is_committed_under_random_failures(settings, monkeypatch):
 
     app, h = make(settings)
     post_all(app, h, [])
-    monkeypatch.setattr(feedback, "_write", flaky(real_write))
-    monkeypatch.setattr(feedback, "_ingest_one_pg", flaky(real_one))
+    monkeypatch.setattr(feedback_write, "_write", flaky(real_write))
+    monkeypatch.setattr(feedback_write, "_ingest_one_pg", flaky(real_one))
     bodies = [ev(f"r{i}", response=str(i)) for i in range(40)]
     res = post_all(app, h, bodies, warm=False)
     rows = stored(app)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from api.queue import OUTBOX_SWEEP_TASK, send_task
 from core import delivery
-from core.adapters import move_alias
+from core.adapter_aliases import move_alias
 from core.db import session_factory, session_scope
 from core.models import Delivery, utcnow
 from tests.api import test_serving_targets as targets

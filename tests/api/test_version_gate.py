@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.adapters import gate_verdict, publish_adapter_version
+from core.adapter_publish import gate_verdict, publish_adapter_version
 from core.base_models import register_base_model
 from core.db import session_factory, session_scope
 from tests.api_client import make_api

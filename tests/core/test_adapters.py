@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from core import adapters
+from core import adapter_aliases, adapter_publish, adapters
 from core.base_models import register_base_model
 from core.db import session_factory, session_scope
 from core.errors import Conflict, InvalidInput, NotFound
@@ -62,7 +62,7 @@ def test_versions_count_1_2_3_and_latest_follows(world):
     assert publish(world, name="other").version == 1
     with session_scope(world["engine"]) as s:
         assert adapters.resolve_version(s, adapter_name="chat", version_or_alias="latest").version == 3
-        history = adapters.alias_history(s, adapter_name="chat", alias="latest")
+        history = adapter_aliases.alias_history(s, adapter_name="chat", alias="latest")
         assert [(h.from_version, h.to_version, h.moved_by) for h in history] == [
             (None, 1, "publish (job job1)"), (1, 2, "publish (job job2)"), (2, 3, "publish (job job3)")]
         assert [a["name"] for a in adapters.list_adapters(s)] == ["chat", "other"]
@@ -107,7 +107,7 @@ def test_failed_commit_leaves_nothing(world, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(adapters, "_set_alias", boom)
+    monkeypatch.setattr(adapter_publish, "_set_alias", boom)
     with pytest.raises(RuntimeError):
         publish(world)
     assert list((world["settings"].artifacts_dir / "adapters" / "chat").iterdir()) == []
@@ -126,7 +126,7 @@ def test_bad_input_is_refused_before_anything_is_written(world, tmp_path):
 CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    import core.adapters as ad
+    import core.adapter_publish as ad
     from core.base_models import get_base_model
     from core.db import make_engine, session_factory
     from core.settings import Settings
@@ -190,25 +190,25 @@ def test_alias_compare_and_swap(world):
     publish(world), publish(world), publish(world)
     engine = world["engine"]
     with session_scope(engine) as s:
-        adapters.move_alias(s, adapter_name="chat", alias="champion", version=1, moved_by="alice")
+        adapter_aliases.move_alias(s, adapter_name="chat", alias="champion", version=1, moved_by="alice")
     with session_scope(engine) as s:
-        adapters.move_alias(s, adapter_name="chat", alias="champion", version=2, expected_version=1, moved_by="bob")
+        adapter_aliases.move_alias(s, adapter_name="chat", alias="champion", version=2, expected_version=1, moved_by="bob")
     with session_scope(engine) as s, pytest.raises(Conflict, match="points to version 2, not to the expected version 1"):
-        adapters.move_alias(s, adapter_name="chat", alias="champion", version=3, expected_version=1, moved_by="eve")
+        adapter_aliases.move_alias(s, adapter_name="chat", alias="champion", version=3, expected_version=1, moved_by="eve")
     with session_scope(engine) as s, pytest.raises(Conflict, match="does not exist yet"):
-        adapters.move_alias(s, adapter_name="chat", alias="staging", version=3, expected_version=2, moved_by="eve")
+        adapter_aliases.move_alias(s, adapter_name="chat", alias="staging", version=3, expected_version=2, moved_by="eve")
     with session_scope(engine) as s:  # a no-op move records nothing
-        adapters.move_alias(s, adapter_name="chat", alias="champion", version=2, expected_version=2, moved_by="bob")
+        adapter_aliases.move_alias(s, adapter_name="chat", alias="champion", version=2, expected_version=2, moved_by="bob")
     with session_scope(engine) as s:  # rolling back is moving the alias back
-        adapters.move_alias(s, adapter_name="chat", alias="champion", version=1, moved_by="carol")
+        adapter_aliases.move_alias(s, adapter_name="chat", alias="champion", version=1, moved_by="carol")
     with session_scope(engine) as s:
         assert adapters.resolve_version(s, adapter_name="chat", version_or_alias="champion").version == 1
-        assert adapters.aliases_of(s, adapter_name="chat") == {"champion": 1, "latest": 3}
-        history = adapters.alias_history(s, adapter_name="chat", alias="champion")
+        assert adapter_aliases.aliases_of(s, adapter_name="chat") == {"champion": 1, "latest": 3}
+        history = adapter_aliases.alias_history(s, adapter_name="chat", alias="champion")
         assert [(h.from_version, h.to_version, h.moved_by) for h in history] == [
             (None, 1, "alice"), (1, 2, "bob"), (2, 1, "carol")]
         with pytest.raises(NotFound):
-            adapters.alias_history(s, adapter_name="chat", alias="staging")
+            adapter_aliases.alias_history(s, adapter_name="chat", alias="staging")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,7 @@ def test_alias_compare_and_swap(world):
 def test_bad_alias_moves_are_refused(world, alias, version, error, message):
     publish(world)
     with session_scope(world["engine"]) as s, pytest.raises(error, match=message):
-        adapters.move_alias(s, adapter_name="chat", alias=alias, version=version, moved_by="x")
+        adapter_aliases.move_alias(s, adapter_name="chat", alias=alias, version=version, moved_by="x")
     assert _count(world["engine"], AliasHistory) == 1  # latest's first move only
 
 

@@ -1,4 +1,4 @@
-"""core.feedback on SQLite and Postgres: idempotency under concurrency, vote semantics, hashing."""
+"""Feedback rules, writes and reads on SQLite and Postgres: concurrent idempotency, vote semantics, hashing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from core import feedback
+from core import feedback, feedback_query, feedback_write
 from core.errors import Conflict, InvalidInput, PayloadTooLarge
 from core.feedback import EventInput, InvalidItem, Limits
 from core.models import FeedbackEvent, Vote
@@ -44,7 +44,7 @@ def test_eight_threads_same_event_id_store_one(engine, same_content):
         event = ev(user_id="u", response="r" if same_content else f"r{i}")
         barrier.wait()
         try:
-            outcomes.append(feedback.ingest_event(engine, event=event).status)
+            outcomes.append(feedback_write.ingest_event(engine, event=event).status)
         except Conflict:
             outcomes.append("conflict")
 
@@ -62,7 +62,7 @@ def test_concurrent_batches_with_overlapping_ids(engine):
     out: list[list[str]] = []
 
     def post(order: list[str]) -> None:
-        res = feedback.ingest_batch(engine, items=[ev(event_id=i, response=i) for i in order])
+        res = feedback_write.ingest_batch(engine, items=[ev(event_id=i, response=i) for i in order])
         out.append([r.status for r in res])
 
     threads = [threading.Thread(target=post, args=(ids if k % 2 else ids[::-1],)) for k in range(4)]
@@ -76,7 +76,7 @@ def test_concurrent_batches_with_overlapping_ids(engine):
 
 
 def test_revote_newest_wins_ties_go_to_later_arrival(engine):
-    ingest = lambda eid, label, minutes: feedback.ingest_event(
+    ingest = lambda eid, label, minutes: feedback_write.ingest_event(
         engine, event=ev(event_id=eid, user_id="u", label=label, created_at=T0 + timedelta(minutes=minutes)))
     ingest("a", "up", 10)
     assert counted(engine) == {"a": True}
@@ -88,34 +88,34 @@ def test_revote_newest_wins_ties_go_to_later_arrival(engine):
     assert counted(engine) == {"tie": True}
     assert rows(engine) == 4 and rows(engine, Vote) == 1
     # Another user, another response, an anonymous vote: three more counted votes.
-    feedback.ingest_event(engine, event=ev(event_id="v", user_id="v"))
-    feedback.ingest_event(engine, event=ev(event_id="u-other", user_id="u", response="other"))
-    feedback.ingest_event(engine, event=ev(event_id="anon1"))
-    feedback.ingest_event(engine, event=ev(event_id="anon2"))  # anonymous votes never merge
+    feedback_write.ingest_event(engine, event=ev(event_id="v", user_id="v"))
+    feedback_write.ingest_event(engine, event=ev(event_id="u-other", user_id="u", response="other"))
+    feedback_write.ingest_event(engine, event=ev(event_id="anon1"))
+    feedback_write.ingest_event(engine, event=ev(event_id="anon2"))  # anonymous votes never merge
     assert rows(engine, Vote) == 5
 
 
 def test_revotes_inside_one_batch(engine):
     items = [ev(event_id=f"b{i}", user_id="u", label=lab, created_at=T0 + timedelta(minutes=m))
              for i, (lab, m) in enumerate([("up", 1), ("down", 3), ("up", 2), ("up", 3)])]
-    assert [r.status for r in feedback.ingest_batch(engine, items=items)] == ["created"] * 4
+    assert [r.status for r in feedback_write.ingest_batch(engine, items=items)] == ["created"] * 4
     assert counted(engine) == {"b3": True}  # newest (3), tie with b1 broken by arrival order
 
 
 def test_retraction_drops_the_counted_vote_only(engine):
-    feedback.ingest_event(engine, event=ev(event_id="old", user_id="u", created_at=T0))
-    feedback.ingest_event(engine, event=ev(event_id="new", user_id="u", label="down",
+    feedback_write.ingest_event(engine, event=ev(event_id="old", user_id="u", created_at=T0))
+    feedback_write.ingest_event(engine, event=ev(event_id="new", user_id="u", label="down",
                                            created_at=T0 + timedelta(hours=1)))
-    feedback.retract_event(engine, event_id="old")  # not the counted one: vote unchanged
+    feedback_write.retract_event(engine, event_id="old")  # not the counted one: vote unchanged
     assert counted(engine) == {"new": False}
-    feedback.retract_event(engine, event_id="new")
+    feedback_write.retract_event(engine, event_id="new")
     assert counted(engine) == {}
-    assert feedback.feedback_stats(engine)["total"] == 0
-    assert feedback.get_event(engine, event_id="new")["retracted_at"] is not None
+    assert feedback_query.feedback_stats(engine)["total"] == 0
+    assert feedback_query.get_event(engine, event_id="new")["retracted_at"] is not None
     assert rows(engine) == 2  # raw events are kept
     # A retracted event sent again is a duplicate and stays retracted.
     again = ev(event_id="new", user_id="u", label="down", created_at=T0 + timedelta(hours=1))
-    assert feedback.ingest_event(engine, event=again).status == "duplicate"
+    assert feedback_write.ingest_event(engine, event=again).status == "duplicate"
     assert counted(engine) == {}
 
 
@@ -150,7 +150,7 @@ def test_validation_errors_name_the_field():
 
 def test_batch_keeps_invalid_items_apart(engine):
     items = [ev(event_id="ok1"), InvalidItem("label: bad", "x"), ev(event_id="bad", response=""), ev(event_id="ok2")]
-    res = feedback.ingest_batch(engine, items=items)
+    res = feedback_write.ingest_batch(engine, items=items)
     assert [(r.event_id, r.status) for r in res] == [("ok1", "created"), ("x", "invalid"), ("bad", "invalid"),
                                                       ("ok2", "created")]
     assert "response" in res[2].error

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from core import feedback
+from core import feedback, feedback_write
 from core.feedback_group import ingest_group
 from core.models import FeedbackEvent, Vote
 
@@ -48,7 +48,7 @@ def state(engine, ns: str) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_group_equals_one_at_a_time(engine, seed):
-    alone = [feedback.ingest_prepared(engine, feedback.prepare_event(e)).status for e in events(seed, "A:")]
+    alone = [feedback_write.ingest_prepared(engine, feedback.prepare_event(e)).status for e in events(seed, "A:")]
     prepared = [feedback.prepare_event(e) for e in events(seed, "B:")]
     cuts = sorted(random.Random(seed).sample(range(1, N), 3))
     grouped = []
@@ -62,7 +62,7 @@ def test_a_group_equals_one_at_a_time(engine, seed):
 
 
 def test_a_failed_group_falls_back_to_each_row(engine, monkeypatch):
-    real = feedback._write
+    real = feedback_write._write
     calls = []
 
     def fail_groups(conn, prepared, results):
@@ -71,11 +71,11 @@ def test_a_failed_group_falls_back_to_each_row(engine, monkeypatch):
         if len(prepared) > 1:
             raise RuntimeError("lost before COMMIT")
 
-    monkeypatch.setattr(feedback, "_write", fail_groups)
+    monkeypatch.setattr(feedback_write, "_write", fail_groups)
     prepared = [feedback.prepare_event(e) for e in events(4, "C:")]
     outcomes = ingest_group(engine, prepared)
-    monkeypatch.setattr(feedback, "_write", real)
-    alone = [feedback.ingest_prepared(engine, feedback.prepare_event(e)).status for e in events(4, "D:")]
+    monkeypatch.setattr(feedback_write, "_write", real)
+    alone = [feedback_write.ingest_prepared(engine, feedback.prepare_event(e)).status for e in events(4, "D:")]
     assert [o.status for o in outcomes] == alone
     assert calls[0] == N
     assert state(engine, "C:") == state(engine, "D:")

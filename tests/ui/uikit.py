@@ -59,7 +59,7 @@ def seed(settings: Settings, engine, tmp: Path, *, versions: int = 2) -> dict:
             class_counts={"desirable": 40, "undesirable": 20}, class_weights={},
             eval_metrics={"gate": GATE, "adapter": {"loss": 0.41}, "reference": {"loss": 0.49}})
     with session_scope(engine) as s:
-        from core.adapters import move_alias
+        from core.adapter_aliases import move_alias
 
         move_alias(s, adapter_name="chat", alias="champion", version=1, moved_by="test")
     return {"job_id": job_id}

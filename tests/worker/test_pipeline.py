@@ -279,7 +279,7 @@ def test_a_job_past_its_time_limit_fails_with_the_reason(stack):
 
 
 def test_a_policy_job_starts_its_rollout_in_the_publish_commit(stack):
-    from core.adapters import move_alias
+    from core.adapter_aliases import move_alias
     from core.policies import create_policy
     from core.rollouts import running_rollout
 
