@@ -111,7 +111,15 @@ def complete(url: str, model: str, n: int = 8) -> str:
     return r.json()["choices"][0]["text"]
 
 
+def unload_all(url: str) -> None:
+    """The server is shared by the module's database variants: start from no adapter loaded."""
+    for name in served(url) - {SERVED}:
+        r = httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+        assert r.status_code == 200, r.text
+
+
 def test_a_vllm_target_drives_a_real_vllm(settings, smol, vllm, tmp_path):
+    unload_all(vllm)
     settings = settings.model_copy(update={"base_model_dirs": [smol.parent]})
     client, h = make_api(settings)
     engine = client.app.state.engine
