@@ -33,13 +33,14 @@ def get_event(engine: Engine, *, event_id: str) -> dict[str, Any]:
     return out
 
 
-def _vote_filters(stmt, since: datetime | None, until: datetime | None, model: str | None):
+def _vote_filters(stmt, since: datetime | None, until: datetime | None, model: str | None, *, table=VOTES):
+    """``since <= created_at < until`` and ``model`` on ``table`` (votes, or events: both have the columns)."""
     if since is not None:
-        stmt = stmt.where(VOTES.c.created_at >= _utc(since))
+        stmt = stmt.where(table.c.created_at >= _utc(since))
     if until is not None:
-        stmt = stmt.where(VOTES.c.created_at < _utc(until))
+        stmt = stmt.where(table.c.created_at < _utc(until))
     if model is not None:
-        stmt = stmt.where(VOTES.c.model == model)
+        stmt = stmt.where(table.c.model == model)
     return stmt
 
 

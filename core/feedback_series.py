@@ -52,12 +52,7 @@ def recent_events(engine: Engine, *, limit: int = 50, since: datetime | None = N
                    EVENTS.c.retracted_at, VOTES.c.id.is_not(None).label("counted"))
             .outerjoin(VOTES, VOTES.c.event_pk == EVENTS.c.id)
             .order_by(EVENTS.c.created_at.desc(), EVENTS.c.id.desc()).limit(limit))
-    if since is not None:
-        stmt = stmt.where(EVENTS.c.created_at >= _utc(since))
-    if until is not None:
-        stmt = stmt.where(EVENTS.c.created_at < _utc(until))
-    if model is not None:
-        stmt = stmt.where(EVENTS.c.model == model)
+    stmt = _vote_filters(stmt, since, until, model, table=EVENTS)
     with engine.connect() as conn:
         rows = conn.execute(stmt).mappings().all()
     return [{**{k: r[k] for k in ("event_id", "model", "adapter", "adapter_version", "response", "retracted_at")},
