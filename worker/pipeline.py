@@ -362,11 +362,11 @@ class _Run:
 
         self._report_phase("loading model")
         with self._phase("load"):
-            model, tokenizer = self._load_base(base)
+            folder = local_folder(self.settings, base)  # a store-registered model: fetched once, then cached
+            model, tokenizer = self._load_base(base, folder)
         with self._phase("train"):
             result = self._train(live, model, tokenizer, split.train_rows, config,
-                                 reload=lambda: self._load_base(base)[0],
-                                 base_path=str(local_folder(self.settings, base)))
+                                 reload=lambda: self._load_base(base, folder)[0], base_path=str(folder))
         if result is None:
             return self._stopped(live)
         self.model = result.model
@@ -412,10 +412,9 @@ class _Run:
                                n_desirable=snapshot.n_desirable, n_undesirable=snapshot.n_undesirable)
             return snapshot
 
-    def _load_base(self, base: BaseModelRecord):
-        """A fresh copy of the verified base (BaseModelTampered -> the job fails with its message); warm
-        when this worker verified and loaded it for an earlier job (worker.warm)."""
-        folder = local_folder(self.settings, base)  # a store-registered model: fetched once, then cached
+    def _load_base(self, base: BaseModelRecord, folder: Path):
+        """A fresh copy of the verified base in ``folder`` (BaseModelTampered -> the job fails with its
+        message); warm when this worker verified and loaded it for an earlier job (worker.warm)."""
         log.info("job %s: base model %s (%s)", self.job_id, base.name, folder)
         return process_cache(self.settings.warm_models).get(base, folder=folder)[:2]
 

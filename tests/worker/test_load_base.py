@@ -24,11 +24,11 @@ def test_load_base_verifies_then_loads_safetensors_only(settings, engine, tmp_pa
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
     run = _Run(job_id="j", settings=settings, engine=engine, token="t", attempt=1)
-    model, tokenizer = run._load_base(base)
+    model, tokenizer = run._load_base(base, folder)
     assert model == "model" and tokenizer.chat_template
     assert calls[0]["use_safetensors"] is True  # a pickle beside the weights is never unpickled
 
     (folder / "tokenizer_config.json").write_text("{}")
     with pytest.raises(BaseModelTampered, match=r"tokenizer_config.json changed"):
-        run._load_base(base)
+        run._load_base(base, folder)
     assert len(calls) == 1
