@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from alignment.data import Packed, Pair, Sequences
-from alignment.lora import SeededDropout, dropout_generator
+from alignment.lora import MaskStream, SeededDropout, dropout_generator
 
 # Config attributes that post-process logits after the LM head.
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -288,7 +288,7 @@ def per_sequence_logps(model, matched: Sequence[Pair], kl: Sequence[Pair] | None
     def one(i):
         if seeds is None:
             return _score_example(decoder, head, matched[i], kl_of(i), device)
-        with dropout_generator(torch.Generator(device=device).manual_seed(seeds[i])):
+        with dropout_generator(MaskStream(seeds[i])):
             return _score_example(decoder, head, matched[i], kl_of(i), device)
 
     def score(chunk):

@@ -56,8 +56,11 @@ def test_two_shards_in_one_process_differ_from_one_shard_only_by_the_kl_pairs(ti
     b = train_kto(AutoModelForCausalLM.from_pretrained(tiny_dir), tiny_tokenizer, rows,
                   KTOConfig(**{**zero, "batch_size": 8, "processes": 1}))
     assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], abs=1e-6)
+    assert [h["grad_norm"] for h in a.history] == pytest.approx([h["grad_norm"] for h in b.history], rel=1e-5)
+    # The gradients are summed in another order. Adam's update is about lr * sign(g) where g is near zero,
+    # so a rounding-level difference there can move a weight by a good share of lr (1e-2): compare at 1e-4.
     for name, value in lora_weights(a.model).items():
-        torch.testing.assert_close(value, lora_weights(b.model)[name], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(value, lora_weights(b.model)[name], atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The per-sequence layout (one unpadded forward per example, KL pair from the cached prompt)
 against the padded sequences, and a training run in each layout."""
 
+import math
 import threading
 from contextlib import contextmanager
 
@@ -10,7 +11,7 @@ import torch
 from alignment.config import KTOConfig
 from alignment.data import collate, tokenize_rows
 from alignment.logps import per_sequence_logps, sequence_logps, supports_per_sequence
-from alignment.lora import SeededDropout, dropout_generator, dropout_seed
+from alignment.lora import MaskStream, SeededDropout, dropout_generator, dropout_seed
 from alignment.train import train_kto
 from tests.alignment.test_packing import TOL, lora_model, rows_with_a_cut_kl_prompt
 
@@ -236,9 +237,9 @@ def test_training_with_dropout_is_the_same_on_one_thread_or_several(tiny_dir, ti
 def test_seeded_dropout_scales_the_kept_inputs_and_their_gradient():
     dropout = SeededDropout(0.25).train()
     x = torch.randn(64, 32, requires_grad=True)
-    with dropout_generator(torch.Generator().manual_seed(3)):
+    with dropout_generator(MaskStream(3)):
         out = dropout(x)
-    keep = torch.empty(x.shape, dtype=torch.bool).bernoulli_(0.75, generator=torch.Generator().manual_seed(3))
+    keep = MaskStream(3).keep(x.shape, 0.25).bool()  # the same stream gives the same mask
     assert 0.6 < keep.float().mean() < 0.9
     assert torch.allclose(out, x.detach() * keep / 0.75)
     (grad,) = torch.autograd.grad(out.sum(), x)
@@ -249,3 +250,24 @@ def test_seeded_dropout_scales_the_kept_inputs_and_their_gradient():
     torch.manual_seed(0)
     assert torch.equal(plain, torch.nn.functional.dropout(x, 0.25, True))
     assert torch.equal(dropout.eval()(x), x)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.3, 0.5])
+def test_mask_stream_drops_at_its_rate_and_keeps_the_expectation(p):
+    """The drop rate is p to 2**-16 (a 99.99 % binomial interval over 4M draws), streams of other seeds
+    differ, and the scale makes E[dropout(x)] = x exactly for the rounded rate."""
+    n = 2**22
+    keep = MaskStream(11).keep(torch.Size([n]), p)
+    assert keep.dtype == torch.uint8 and set(keep.unique().tolist()) == {0, 1}
+    q = MaskStream.drop_probability(p)
+    assert abs(q - p) <= 2**-17
+    dropped = n - int(keep.sum())
+    half_width = 3.9 * math.sqrt(n * q * (1 - q))
+    assert abs(dropped - n * q) < half_width
+    assert not torch.equal(keep[:1000], MaskStream(12).keep(torch.Size([1000]), p))
+    dropout = SeededDropout(p).train()
+    with dropout_generator(MaskStream(11)):
+        out = dropout(torch.ones(n))
+    assert torch.equal(out, keep.float() / (1 - q))
+    # Nearly 1 still keeps something (the scale stays finite).
+    assert MaskStream.drop_probability(0.99999999) < 1
