@@ -102,8 +102,9 @@ class ArtifactStore(ABC):
     def delete(self, keys: list[str]) -> None:
         """Delete keys; missing ones are ignored."""
 
-    def presigned_url(self, key: str, *, filename: str, expires_s: int) -> str | None:
-        """A URL that fetches ``key`` without the API, or None when the store cannot sign one."""
+    def presigned_url(self, key: str, *, filename: str, expires_s: int, head: bool = False) -> str | None:
+        """A URL that fetches ``key`` (or, ``head``, answers a HEAD for it) without the API, or None when the
+        store cannot sign one."""
         return None
 
     # --- helpers built on the above
@@ -330,7 +331,12 @@ class S3Store(ArtifactStore):
             batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
-    def presigned_url(self, key: str, *, filename: str, expires_s: int) -> str | None:
+    def presigned_url(self, key: str, *, filename: str, expires_s: int, head: bool = False) -> str | None:
+        # The signature covers the method: a GET URL answers a HEAD with 403, so a HEAD gets a HEAD URL.
+        if head:
+            return self.client.generate_presigned_url(
+                "head_object", ExpiresIn=expires_s, Params={"Bucket": self.bucket, "Key": self._key(key)},
+                HttpMethod="HEAD")
         return self.client.generate_presigned_url(
             "get_object", ExpiresIn=expires_s,
             Params={"Bucket": self.bucket, "Key": self._key(key),
