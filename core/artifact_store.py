@@ -125,6 +125,20 @@ class ArtifactStore(ABC):
             while chunk := fh.read(CHUNK):
                 yield chunk
 
+    def open_range(self, key: str, *, start: int, end: int) -> BinaryIO:
+        """A reader positioned at byte ``start`` that has at least the bytes up to ``end`` (inclusive)."""
+        fh = self.open(key)
+        fh.seek(start)
+        return fh
+
+    def iter_range(self, key: str, *, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` (inclusive, as in an HTTP Range) of ``key``, chunk by chunk."""
+        left = end - start + 1
+        with self.open_range(key, start=start, end=end) as fh:
+            while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
     def get_file(self, key: str, dest: Path) -> None:
         """Copy ``key`` to the local file ``dest`` (written under a temporary name, then renamed)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -295,10 +309,17 @@ class S3Store(ArtifactStore):
         return str(self.spool)
 
     def open(self, key: str) -> BinaryIO:
+        return self._get(key)
+
+    def open_range(self, key: str, *, start: int, end: int) -> BinaryIO:
+        # Only the range travels: seeking a bucket's stream would read (and discard) what comes before.
+        return self._get(key, Range=f"bytes={start}-{end}")
+
+    def _get(self, key: str, **params) -> BinaryIO:
         from botocore.exceptions import ClientError
 
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **params)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise NotFound(f"artifact {key!r} is missing") from exc

@@ -3,6 +3,8 @@ local store and on a bucket (SeaweedFS): HEAD answers the GET's headers without 
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 import pytest
 from fastapi.responses import FileResponse
@@ -88,3 +90,72 @@ def test_head_with_presigned_redirects_points_at_a_url_signed_for_head(settings,
         fetched, answered = httpx.get(get.headers["location"]), httpx.head(head.headers["location"])
         assert answered.status_code == 200, (path, answered.status_code)
         assert int(answered.headers["content-length"]) == len(fetched.content)
+
+
+# Range header -> status, and the slice of the whole body a 206 carries.
+RANGES = [
+    ("bytes=1-3", 206, slice(1, 4)), ("bytes=2-", 206, slice(2, None)), ("bytes=-4", 206, slice(-4, None)),
+    ("BYTES = 0 - 0", 206, slice(0, 1)), ("bytes=0-999999999999", 206, slice(0, None)),
+    ("bytes=-999999999999", 206, slice(0, None)),
+    ("bytes=999999999999-", 416, None), ("bytes=-0", 416, None),
+    # Ignored, as the RFC allows: the whole body with 200 (Starlette answered 400, or several parts, on disk).
+    ("bytes=0-1,3-4", 200, slice(None)), ("items=0-1", 200, slice(None)), ("bytes=3-1", 200, slice(None)),
+    ("bytes=abc", 200, slice(None)), ("bytes=-", 200, slice(None)),
+]
+
+
+def test_a_single_range_is_honoured_the_same_on_both_stores(st, tmp_path, monkeypatch):
+    """Before: a bucket ignored Range (200, the whole body) where the local disk answered 206."""
+    client, h, paths = _api(st, tmp_path)
+    for path in paths[1:]:  # the files and the snapshot; the tarball below
+        whole = client.get(path, headers=h["read"])
+        size = len(whole.content)
+        assert whole.headers["accept-ranges"] == "bytes"
+        for header, status, part in [*RANGES, (f"bytes={size}-", 416, None), (f"bytes={size - 1}-", 206, slice(-1, None))]:
+            with monkeypatch.context() as m:
+                if status == 206:  # only the range is fetched from a bucket, never the whole object
+                    m.setattr(S3Store, "open", lambda *_a, **_k: pytest.fail("a ranged download read the whole object"))
+                r = client.get(path, headers={**h["read"], "Range": header})
+            assert r.status_code == status, (path, header, r.status_code, r.text[:200])
+            if status == 416:
+                assert r.headers["content-range"] == f"bytes */{size}" and "past the end" in r.json()["detail"]
+                continue
+            assert r.content == whole.content[part], (path, header)
+            assert int(r.headers["content-length"]) == len(r.content)
+            assert (r.headers["etag"], r.headers["content-type"]) == (whole.headers["etag"],
+                                                                      whole.headers["content-type"])
+            if status == 206:
+                first = range(size)[part][0]
+                assert r.headers["content-range"] == f"bytes {first}-{first + len(r.content) - 1}/{size}"
+            else:
+                assert "content-range" not in r.headers
+        # If-Range: the range only while the client's copy is current; a HEAD ignores Range (defined for GET).
+        etag = whole.headers["etag"]
+        assert client.get(path, headers={**h["read"], "Range": "bytes=0-1", "If-Range": etag}).status_code == 206
+        stale = client.get(path, headers={**h["read"], "Range": "bytes=0-1", "If-Range": '"other"'})
+        assert (stale.status_code, stale.content) == (200, whole.content)
+        head = client.head(path, headers={**h["read"], "Range": "bytes=0-1"})
+        assert (head.status_code, head.headers["content-length"]) == (200, str(size))
+    # The adapter tarball is an object stored at publish on a bucket (ranges as above); from a local install it
+    # is built while sent, its length unknown: no Accept-Ranges, and a Range gets the whole body.
+    whole = client.get(TARBALL, headers=h["read"])
+    r = client.get(TARBALL, headers={**h["read"], "Range": "bytes=1-3"})
+    if st.artifact_url:
+        assert (r.status_code, r.content, r.headers["content-range"]) == (206, whole.content[1:4],
+                                                                          f"bytes 1-3/{len(whole.content)}")
+    else:
+        assert (r.status_code, r.content, "accept-ranges" in whole.headers) == (200, whole.content, False)
+
+
+def test_the_headers_of_a_download_do_not_depend_on_the_store(settings, s3_server, s3_bucket, tmp_path,
+                                                              _sqlite_template):
+    """Before: a bucket sent every file as application/octet-stream, without Accept-Ranges."""
+    shutil.copy(_sqlite_template, tmp_path / "b.db")  # a second install: the same version in a bucket
+    bucket = s3_settings(settings, s3_server, s3_bucket, database_url=f"sqlite:///{tmp_path / 'b.db'}",
+                         data_dir=tmp_path / "b")
+    apps = [_api(settings, tmp_path / "l")[:2], _api(bucket, tmp_path / "b")[:2]]
+    for path in (FILE, "/v1/adapters/chat/versions/1/files/README.md"):
+        a, b = (c.get(path, headers={**h["read"], "Range": "bytes=0-3"}) for c, h in apps)
+        assert (a.status_code, a.content) == (b.status_code, b.content) == (206, a.content)
+        names = ("content-type", "content-length", "content-range", "accept-ranges", "content-disposition")
+        assert {n: a.headers.get(n) for n in names} == {n: b.headers.get(n) for n in names}, path
