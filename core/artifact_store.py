@@ -286,7 +286,8 @@ class _Body(io.RawIOBase):
 class S3Store(ArtifactStore):
     """Any S3-compatible store through boto3 (path-style addressing works with MinIO and SeaweedFS)."""
 
-    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, spool: Path) -> None:
+    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, spool: Path,
+                 connect_timeout_s: float, read_timeout_s: float) -> None:
         import boto3
         from botocore.config import Config
 
@@ -294,7 +295,8 @@ class S3Store(ArtifactStore):
         self.client = boto3.client(
             "s3", endpoint_url=endpoint_url or None,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"max_attempts": 5, "mode": "standard"}),
+                          retries={"max_attempts": 5, "mode": "standard"},
+                          connect_timeout=connect_timeout_s, read_timeout=read_timeout_s),
         )
 
     def _key(self, key: str) -> str:
@@ -373,17 +375,19 @@ def parse_artifact_url(url: str) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=8)
-def _cached(url: str, endpoint: str | None, artifacts_dir: Path, spool: Path) -> ArtifactStore:
+def _cached(url: str, endpoint: str | None, artifacts_dir: Path, spool: Path, timeouts: tuple[float, float],
+            ) -> ArtifactStore:
     if not url:
         return LocalStore(artifacts_dir)
     bucket, prefix = parse_artifact_url(url)
-    return S3Store(bucket, prefix, endpoint_url=endpoint, spool=spool)
+    return S3Store(bucket, prefix, endpoint_url=endpoint, spool=spool, connect_timeout_s=timeouts[0],
+                   read_timeout_s=timeouts[1])
 
 
 def get_store(settings: Settings) -> ArtifactStore:
     """The store the settings name (one client per process and configuration)."""
     return _cached(settings.artifact_url, settings.s3_endpoint_url, settings.artifacts_dir,
-                   settings.data_path / "tmp")
+                   settings.data_path / "tmp", (settings.s3_connect_timeout_s, settings.s3_read_timeout_s))
 
 
 def older_than(entry: Entry, grace_s: float, now: float | None = None) -> bool:
