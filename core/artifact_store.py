@@ -102,8 +102,9 @@ class ArtifactStore(ABC):
     def delete(self, keys: list[str]) -> None:
         """Delete keys; missing ones are ignored."""
 
-    def presigned_url(self, key: str, *, filename: str, expires_s: int) -> str | None:
-        """A URL that fetches ``key`` without the API, or None when the store cannot sign one."""
+    def presigned_url(self, key: str, *, filename: str, expires_s: int, head: bool = False) -> str | None:
+        """A URL that fetches ``key`` (or, ``head``, answers a HEAD for it) without the API, or None when the
+        store cannot sign one."""
         return None
 
     # --- helpers built on the above
@@ -122,6 +123,20 @@ class ArtifactStore(ABC):
     def iter_chunks(self, key: str) -> Iterator[bytes]:
         with self.open(key) as fh:
             while chunk := fh.read(CHUNK):
+                yield chunk
+
+    def open_range(self, key: str, *, start: int, end: int) -> BinaryIO:
+        """A reader positioned at byte ``start`` that has at least the bytes up to ``end`` (inclusive)."""
+        fh = self.open(key)
+        fh.seek(start)
+        return fh
+
+    def iter_range(self, key: str, *, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` (inclusive, as in an HTTP Range) of ``key``, chunk by chunk."""
+        left = end - start + 1
+        with self.open_range(key, start=start, end=end) as fh:
+            while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+                left -= len(chunk)
                 yield chunk
 
     def get_file(self, key: str, dest: Path) -> None:
@@ -271,7 +286,8 @@ class _Body(io.RawIOBase):
 class S3Store(ArtifactStore):
     """Any S3-compatible store through boto3 (path-style addressing works with MinIO and SeaweedFS)."""
 
-    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, spool: Path) -> None:
+    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, spool: Path,
+                 connect_timeout_s: float, read_timeout_s: float) -> None:
         import boto3
         from botocore.config import Config
 
@@ -279,7 +295,8 @@ class S3Store(ArtifactStore):
         self.client = boto3.client(
             "s3", endpoint_url=endpoint_url or None,
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"max_attempts": 5, "mode": "standard"}),
+                          retries={"max_attempts": 5, "mode": "standard"},
+                          connect_timeout=connect_timeout_s, read_timeout=read_timeout_s),
         )
 
     def _key(self, key: str) -> str:
@@ -294,10 +311,17 @@ class S3Store(ArtifactStore):
         return str(self.spool)
 
     def open(self, key: str) -> BinaryIO:
+        return self._get(key)
+
+    def open_range(self, key: str, *, start: int, end: int) -> BinaryIO:
+        # Only the range travels: seeking a bucket's stream would read (and discard) what comes before.
+        return self._get(key, Range=f"bytes={start}-{end}")
+
+    def _get(self, key: str, **params) -> BinaryIO:
         from botocore.exceptions import ClientError
 
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **params)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise NotFound(f"artifact {key!r} is missing") from exc
@@ -330,7 +354,12 @@ class S3Store(ArtifactStore):
             batch = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
-    def presigned_url(self, key: str, *, filename: str, expires_s: int) -> str | None:
+    def presigned_url(self, key: str, *, filename: str, expires_s: int, head: bool = False) -> str | None:
+        # The signature covers the method: a GET URL answers a HEAD with 403, so a HEAD gets a HEAD URL.
+        if head:
+            return self.client.generate_presigned_url(
+                "head_object", ExpiresIn=expires_s, Params={"Bucket": self.bucket, "Key": self._key(key)},
+                HttpMethod="HEAD")
         return self.client.generate_presigned_url(
             "get_object", ExpiresIn=expires_s,
             Params={"Bucket": self.bucket, "Key": self._key(key),
@@ -346,17 +375,19 @@ def parse_artifact_url(url: str) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=8)
-def _cached(url: str, endpoint: str | None, artifacts_dir: Path, spool: Path) -> ArtifactStore:
+def _cached(url: str, endpoint: str | None, artifacts_dir: Path, spool: Path, timeouts: tuple[float, float],
+            ) -> ArtifactStore:
     if not url:
         return LocalStore(artifacts_dir)
     bucket, prefix = parse_artifact_url(url)
-    return S3Store(bucket, prefix, endpoint_url=endpoint, spool=spool)
+    return S3Store(bucket, prefix, endpoint_url=endpoint, spool=spool, connect_timeout_s=timeouts[0],
+                   read_timeout_s=timeouts[1])
 
 
 def get_store(settings: Settings) -> ArtifactStore:
     """The store the settings name (one client per process and configuration)."""
     return _cached(settings.artifact_url, settings.s3_endpoint_url, settings.artifacts_dir,
-                   settings.data_path / "tmp")
+                   settings.data_path / "tmp", (settings.s3_connect_timeout_s, settings.s3_read_timeout_s))
 
 
 def older_than(entry: Entry, grace_s: float, now: float | None = None) -> bool:

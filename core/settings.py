@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         "or s3://bucket/prefix (shared by API and workers on different hosts)."
     )
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint for non-AWS stores (MinIO, SeaweedFS, ...).")
+    # botocore waits 60 s by default: a store that stops answering would hold an API request (and its
+    # worker thread) for minutes, times its retries.
+    s3_connect_timeout_s: float = Field(5.0, gt=0, description="Seconds to open a connection to the S3 store.")
+    s3_read_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds the S3 store may stay silent on an open connection before the attempt fails."
+    )
     download_redirect: Literal["stream", "presigned"] = Field(
         "stream", description="Downloads from an S3 store: 'stream' through the API, or 'presigned' (302 to a "
         "presigned URL of the store)."

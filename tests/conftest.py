@@ -126,4 +126,4 @@ def settings(tmp_path, db_url) -> Settings:
 
 
 # A SeaweedFS S3 endpoint for the artifact-store tests (skipped where `weed` cannot start).
-from tests.s3kit import s3_bucket, s3_server  # noqa: F401
+from tests.s3kit import blackhole, s3_bucket, s3_server  # noqa: F401

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -152,3 +153,31 @@ def s3_settings(settings, server: S3Server, bucket: str, **extra):
     """``settings`` with artifacts in ``s3://bucket/prospect``."""
     return settings.model_copy(update={"artifact_url": f"s3://{bucket}/prospect",
                                        "s3_endpoint_url": server.endpoint, **extra})
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """An endpoint on 127.0.0.1 that accepts connections and never answers (a hung store)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    held, stop = [], threading.Event()
+
+    def hold() -> None:
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # the accept timed out: look at stop again
+                continue
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.artifact_response import artifact_response
+from api.artifact_response import artifact_response, headers_only
 from api.deps import ReadKey, SessionDep, SettingsDep, TrainKey
 from api.http_cache import not_modified, quoted
 from api.queue import commit_and_kick
@@ -70,9 +70,12 @@ def get_manifest(name: str, version_or_alias: str, request: Request, session: Se
 
 @router.get("/{name}/versions/{version_or_alias}/download", summary="The version as one .tar.gz",
             responses={**ERRORS, **CACHED, 200: {"content": {"application/gzip": {}}}})
+@router.head("/{name}/versions/{version_or_alias}/download", include_in_schema=False)
 def download(name: str, version_or_alias: str, request: Request, session: SessionDep, settings: SettingsDep,
              _: ReadKey) -> Response:
-    """Deterministic tarball of the version folder (``<name>-v<version>/...``); ETag = its sha256."""
+    """Deterministic tarball of the version folder (``<name>-v<version>/...``); ETag = its sha256.
+
+    HEAD answers the same headers without the body."""
     v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
     session.close()  # nothing below needs the database: a slow client must not hold a connection
     if v.tarball_sha256 is None:
@@ -84,25 +87,28 @@ def download(name: str, version_or_alias: str, request: Request, session: Sessio
     filename = f"{v.adapter_name}-v{v.version}.tar.gz"
     if get_store(settings).local_root is None:  # the tarball stored at publish: one object
         with contextlib.suppress(NotFound):  # not for versions copied from a local install: built below
-            return artifact_response(settings, tarball_key(v), sha256=v.tarball_sha256, filename=filename,
+            return artifact_response(settings, request, tarball_key(v), sha256=v.tarball_sha256, filename=filename,
                                      media_type="application/gzip", headers={"X-Adapter-Version": str(v.version)},
                                      missing="no stored tarball")
     adapters.require_members(settings, v)
-    return StreamingResponse(adapters.iter_tarball(settings, v), media_type="application/gzip", headers={
-        "ETag": quoted(v.tarball_sha256), "Content-Disposition": f'attachment; filename="{filename}"',
-        "X-Adapter-Version": str(v.version)})
+    return headers_only(request, StreamingResponse(adapters.iter_tarball(settings, v), media_type="application/gzip",
+                                                   headers={"ETag": quoted(v.tarball_sha256),
+                                                            "Content-Disposition": f'attachment; filename="{filename}"',
+                                                            "X-Adapter-Version": str(v.version)}))
 
 
 @router.get("/{name}/versions/{version_or_alias}/files/{filename}", summary="One file of a version",
             responses={**ERRORS, **CACHED})
+@router.head("/{name}/versions/{version_or_alias}/files/{filename}", include_in_schema=False)
 def get_file(name: str, version_or_alias: str, filename: str, request: Request, session: SessionDep,
              settings: SettingsDep, _: ReadKey) -> Response:
-    """Only the files the manifest lists, and manifest.json; any other name is a 404."""
+    """Only the files the manifest lists, and manifest.json; any other name is a 404. HEAD: headers only."""
     v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
     session.close()  # as for download
     key, sha = adapters.version_file_key(v, filename)
     return not_modified(request, sha) or artifact_response(
-        settings, key, sha256=sha, filename=filename, missing=f"{filename} of {v.adapter_name} v{v.version} is missing")
+        settings, request, key, sha256=sha, filename=filename,
+        missing=f"{filename} of {v.adapter_name} v{v.version} is missing")
 
 
 # An alias a client may move: a name that starts with a letter (a number names a version); 'latest' (which moves

@@ -40,13 +40,15 @@ def get_snapshot(snapshot_id: str, session: SessionDep, _: ReadKey):
 @router.get("/{snapshot_id}/export", summary="The snapshot as JSONL", responses={
     **ERRORS, 200: {"content": {"application/jsonl": {}}, "description": "TRL KTO rows; ETag = content hash."},
     304: {"description": "If-None-Match matched the ETag."}})
+@router.head("/{snapshot_id}/export", include_in_schema=False)
 def export_snapshot(snapshot_id: str, request: Request, session: SessionDep, settings: SettingsDep,
                     _: ReadKey) -> Response:
+    """The stored JSONL; HEAD answers the same headers without the body."""
     snap = snapshots.get_snapshot(session, snapshot_id=snapshot_id)
     session.close()  # a slow client must not hold a connection (nor, on SQLite, a transaction) while it reads
     cached = not_modified(request, snap.content_hash)
     if cached is not None:
         return cached
-    return artifact_response(settings, snapshots.snapshot_key(snap), sha256=snap.content_hash,
+    return artifact_response(settings, request, snapshots.snapshot_key(snap), sha256=snap.content_hash,
                              filename=f"snapshot-{snap.id}.jsonl", media_type="application/jsonl",
                              missing=f"the file of snapshot {snap.id} is missing; take a new snapshot")

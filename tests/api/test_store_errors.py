@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from pydantic import ValidationError
 
 from core import base_model_store
-from core.artifact_store import S3Store
+from core.artifact_store import S3Store, get_store
+from core.cli_run import explain
+from core.settings import Settings
 from tests.api.test_artifacts_s3 import _publish
 from tests.api_client import make_api
 from tests.s3kit import client as s3_client
@@ -71,3 +74,34 @@ def test_hostile_s3_sources_are_refused_clearly(s3, s3_server, s3_bucket, monkey
     monkeypatch.setattr(S3Store, "list", lambda *_a, **_k: (_ for _ in ()).throw(DENIED))
     r = _register(client, h, f"s3://{s3_bucket}/big")
     assert r.status_code == 422 and "AccessDenied" in r.json()["detail"], r.text
+
+
+def test_the_s3_clients_are_built_with_the_timeout_settings(s3):
+    """Before: botocore's 60 s for both, whatever the settings."""
+    assert (s3.s3_connect_timeout_s, s3.s3_read_timeout_s) == (5.0, 30.0)
+    tuned = s3.model_copy(update={"s3_connect_timeout_s": 1.5, "s3_read_timeout_s": 7.0})
+    for store in (get_store(s3), get_store(tuned), base_model_store._store(tuned, "s3://models/base/m")[0]):
+        config = store.client.meta.config
+        expected = (5.0, 30.0) if store is get_store(s3) else (1.5, 7.0)
+        assert (config.connect_timeout, config.read_timeout) == expected
+
+
+@pytest.mark.parametrize("name", ["s3_connect_timeout_s", "s3_read_timeout_s"])
+def test_a_timeout_must_be_positive(name, monkeypatch):
+    for bad in ("0", "-1"):
+        monkeypatch.setenv(f"PROSPECT_{name.upper()}", bad)
+        with pytest.raises(ValidationError) as caught:
+            Settings()
+        assert explain(caught.value)[0] == f"invalid setting PROSPECT_{name.upper()}: Input should be greater than 0"
+
+
+@pytest.mark.timeout(120)  # before: 5 attempts of botocore's 60 s read timeout, a hang of minutes
+def test_a_store_that_never_answers_is_a_503_not_a_hang(s3, blackhole, tmp_path):
+    client, _ = make_api(s3)
+    _publish(client.app.state.engine, s3, tmp_path, 1)
+    hung = s3.model_copy(update={"s3_endpoint_url": blackhole, "s3_connect_timeout_s": 0.2, "s3_read_timeout_s": 0.2})
+    client, h = make_api(hung)
+    client = type(client)(client.app, raise_server_exceptions=False)
+    r = client.get("/v1/adapters/chat/versions/1/files/adapter_model.safetensors", headers=h["read"])
+    assert (r.status_code, r.headers.get("retry-after")) == (503, "5"), r.text
+    assert r.json()["detail"] == "the artifact store is unavailable (ReadTimeoutError); retry later"

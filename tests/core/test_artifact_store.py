@@ -18,7 +18,8 @@ def store(request, tmp_path):
         return LocalStore(tmp_path / "artifacts")
     server = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_bucket")
-    return S3Store(bucket, "some/prefix", endpoint_url=server.endpoint, spool=tmp_path / "spool")
+    return S3Store(bucket, "some/prefix", endpoint_url=server.endpoint, spool=tmp_path / "spool",
+                   connect_timeout_s=5, read_timeout_s=30)
 
 
 def test_put_open_stat_list_delete(store, tmp_path):
