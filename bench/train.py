@@ -13,7 +13,9 @@ architecture's attention projections (q/k/v/o on SmolLM2), the per-sequence
 layout on examples in parallel threads, the reference precomputed. TRL gets
 the *same* LoRA (rank, alpha, dropout, targets) and ``disable_dropout=False``
 (its default, True, would zero the LoRA dropout as well). fp32 on CPU (bf16
-on CUDA). TRL runs twice: its defaults and ``precompute_ref_log_probs=True``;
+on CUDA); TRL's own default on a CPU is bf16 autocast (``bf16=None`` becomes
+True), so ``--cpu-bf16`` also measures both in bf16 there (Prospect
+``dtype="bfloat16"``: the frozen base in bf16, LoRA in fp32). TRL runs twice: its defaults and ``precompute_ref_log_probs=True``;
 both with ``gradient_checkpointing=False`` (TRL's own default is True, which
 only slows it down for a 135M model; pass ``--trl-gradient-checkpointing`` to
 measure that too).
@@ -213,7 +215,8 @@ def _trl_args(spec: dict, out: str, *, precompute: bool, steps: int):
         beta=spec["beta"], max_length=spec["max_length"], lr_scheduler_type="linear", warmup_steps=0,
         precompute_ref_log_probs=precompute, train_sampling_strategy="sequential",
         disable_dropout=False,  # True (TRL's default) would also zero the LoRA dropout, which must match ours
-        gradient_checkpointing=spec["trl_gradient_checkpointing"], bf16=cuda, use_cpu=not cuda,
+        gradient_checkpointing=spec["trl_gradient_checkpointing"], bf16=cuda or spec.get("cpu_bf16", False),
+        use_cpu=not cuda,
         desirable_weight=1.0, undesirable_weight=1.0, logging_steps=1, report_to=[], save_strategy="no",
         disable_tqdm=True, seed=0, dataloader_num_workers=0,
     )
@@ -372,6 +375,9 @@ def main() -> None:
     parser.add_argument("--model-dir", default=None,
                         help="converted model folder (default: var/models/smollm2-135m-instruct, or a tiny one)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true")
+    parser.add_argument("--cpu-bf16", action="store_true",
+                        help="on a CPU, both in bf16: Prospect dtype=bfloat16 (base in bf16, LoRA in fp32), TRL "
+                             "bf16=True (its own default: autocast); parity is then only approximate")
     parser.add_argument("--ablation", action="store_true",
                         help="Prospect only, adding one optimisation at a time; prints the table as JSON")
     parser.add_argument("--ablation-rows", default=None,
@@ -404,7 +410,8 @@ def main() -> None:
         rows = synthetic_rows(args.steps * args.batch, tokenizer, max_length=args.max_length)
         spec = {"model_dir": str(folder), "rows": rows, "steps": args.steps, "batch": args.batch,
                 "max_length": args.max_length, "lr": lr, "beta": beta, "lora_dropout": lora_dropout,
-                "adapter_dir": str(tmp / "adapter"), "trl_gradient_checkpointing": args.trl_gradient_checkpointing}
+                "adapter_dir": str(tmp / "adapter"), "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
+                "cpu_bf16": args.cpu_bf16, "overrides": {"dtype": "bfloat16"} if args.cpu_bf16 else {}}
         spec_path = tmp / "spec.json"
         spec_path.write_text(json.dumps(spec))
         if args.ablation:
@@ -459,6 +466,7 @@ def main() -> None:
         "prospect_final_loss": runs["prospect"][-1]["final_loss"],
         "trl_final_loss": runs[faster][-1]["final_loss"],
         "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
+        "cpu_bf16": args.cpu_bf16,
         "parity_loss_prospect": parity["loss_prospect"],
         "parity_loss_trl": parity["loss_trl"],
         "parity_loss_abs_diff": abs(parity["loss_prospect"] - parity["loss_trl"]),
