@@ -330,7 +330,8 @@ def ablation(spec: dict, tmp: Path, rows: list[int] | None = None) -> list[dict]
     table = []
     for name, overrides, full_vocab_head in (ABLATION[i] for i in rows or range(len(ABLATION))):
         path = tmp / "ablation-spec.json"
-        path.write_text(json.dumps({**spec, "overrides": overrides, "full_vocab_head": full_vocab_head}))
+        path.write_text(json.dumps({**spec, "overrides": {**spec["overrides"], **overrides},  # --cpu-bf16 kept
+                                    "full_vocab_head": full_vocab_head}))
         run = spawn("prospect", path)
         table.append({"step": name, "tokens_per_s": run["tokens"] / run["seconds"], "seconds": run["seconds"],
                       "peak_mb": run["peak_mb"], "final_loss": run["final_loss"]})

@@ -78,7 +78,8 @@ def download(name: str, version_or_alias: str, request: Request, session: Sessio
     HEAD answers the same headers without the body."""
     v = adapters.resolve_version(session, adapter_name=name, version_or_alias=version_or_alias)
     session.close()  # nothing below needs the database: a slow client must not hold a connection
-    if v.tarball_sha256 is None:
+    checked = v.tarball_sha256 is None  # the first download hashes the files: check they exist first
+    if checked:
         adapters.require_members(settings, v)  # a clear 404, not an error half-way through the hashing
     adapters.ensure_tarball_sha256(request.app.state.engine, settings=settings, version=v)
     cached = not_modified(request, v.tarball_sha256)
@@ -90,7 +91,8 @@ def download(name: str, version_or_alias: str, request: Request, session: Sessio
             return artifact_response(settings, request, tarball_key(v), sha256=v.tarball_sha256, filename=filename,
                                      media_type="application/gzip", headers={"X-Adapter-Version": str(v.version)},
                                      missing="no stored tarball")
-    adapters.require_members(settings, v)
+    if not checked:
+        adapters.require_members(settings, v)
     return headers_only(request, StreamingResponse(adapters.iter_tarball(settings, v), media_type="application/gzip",
                                                    headers={"ETag": quoted(v.tarball_sha256),
                                                             "Content-Disposition": f'attachment; filename="{filename}"',
