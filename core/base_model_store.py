@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from core.artifact_store import S3Store, store_unavailable
+from core.artifact_store import S3Store, s3_store, store_unavailable
 from core.errors import InvalidInput, NotFound, Unavailable
 from core.settings import Settings
 
@@ -43,8 +43,7 @@ def _store(settings: Settings, source: str) -> tuple[S3Store, str]:
     if parsed.scheme != "s3" or not parsed.netloc or not path or any(p in (".", "..") for p in path.split("/")):
         raise InvalidInput(f"{source!r}: a base model in object storage is named s3://bucket/prefix/of/the/model")
     parent, _, leaf = path.rpartition("/")
-    return S3Store(parsed.netloc, parent, endpoint_url=settings.s3_endpoint_url, spool=settings.data_path / "tmp",
-                   connect_timeout_s=settings.s3_connect_timeout_s, read_timeout_s=settings.s3_read_timeout_s), leaf
+    return s3_store(settings, bucket=parsed.netloc, prefix=parent), leaf
 
 
 def _listing_sha256(hashes: dict[str, str]) -> str:
