@@ -5,7 +5,9 @@ hashes like a folder's (``core.base_models``). A worker fetches the pinned files
 ``<data_dir>/base-models/<digest>``, keyed by the sha256 over every pinned file's name and hash, so a
 worker on another host needs no shared disk; the files are verified against the pinned hashes before
 the folder is renamed into place, and later jobs reuse it (each job still re-hashes its local copy,
-as for a folder-registered model). A changed object fails the job with BaseModelTampered.
+as for a folder-registered model). A changed or missing object fails the job with BaseModelTampered; a
+store that cannot answer now (down, timing out, 5xx, throttling) raises Unavailable, and the job waits in
+the queue for it (``worker.pipeline``).
 
 The bucket is read with the artifact store's endpoint (``PROSPECT_S3_ENDPOINT_URL``) and the standard
 AWS credentials.
@@ -106,7 +108,8 @@ def cache_folder(settings: Settings, files: dict[str, str]) -> Path:
 def fetch_store_model(settings: Settings, record) -> Path:
     """The local folder of a store-registered base model: the cached copy, or fetched and verified now.
 
-    BaseModelTampered when an object is missing or its bytes differ from the pinned sha256."""
+    BaseModelTampered when an object is missing or its bytes differ from the pinned sha256; Unavailable when
+    the store is down, slow or failing (the job is retried later)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from core.base_models import BaseModelTampered, file_sha256
@@ -136,6 +139,9 @@ def fetch_store_model(settings: Settings, record) -> Path:
     except NotFound as exc:
         raise BaseModelTampered(f"base model {record.name!r} is missing from the store: {exc.message}") from exc
     except (BotoCoreError, ClientError) as exc:
+        if store_unavailable(exc, denied=False):  # an outage passes: the job waits for the store, not fails
+            raise Unavailable(f"base model {record.name!r}: the store cannot serve {record.source} now "
+                              f"({type(exc).__name__}: {exc})") from exc
         raise BaseModelTampered(f"base model {record.name!r}: cannot fetch {record.source}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
