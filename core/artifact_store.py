@@ -283,20 +283,42 @@ class _Body(io.RawIOBase):
         super().close()
 
 
+@dataclass(frozen=True)
+class S3Options:
+    """Every setting an S3 client is built with; hashable, so it keys get_store's cache too."""
+
+    endpoint_url: str | None
+    spool: Path  # where writes are staged before the upload
+    connect_timeout_s: float
+    read_timeout_s: float
+    max_attempts: int  # per request, the first one included
+
+
+def s3_options(settings: Settings) -> S3Options:
+    """The one reading of the S3 settings: the artifact store and store-registered base models both use it."""
+    return S3Options(endpoint_url=settings.s3_endpoint_url, spool=settings.data_path / "tmp",
+                     connect_timeout_s=settings.s3_connect_timeout_s, read_timeout_s=settings.s3_read_timeout_s,
+                     max_attempts=settings.s3_max_attempts)
+
+
+def s3_store(settings: Settings, *, bucket: str, prefix: str) -> S3Store:
+    return S3Store(bucket, prefix, s3_options(settings))
+
+
 class S3Store(ArtifactStore):
     """Any S3-compatible store through boto3 (path-style addressing works with MinIO and SeaweedFS)."""
 
-    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, spool: Path,
-                 connect_timeout_s: float, read_timeout_s: float) -> None:
+    def __init__(self, bucket: str, prefix: str, options: S3Options) -> None:
         import boto3
         from botocore.config import Config
 
-        self.bucket, self.prefix, self.spool = bucket, prefix.strip("/"), spool
+        self.bucket, self.prefix, self.spool = bucket, prefix.strip("/"), options.spool
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint_url or None,
+            "s3", endpoint_url=options.endpoint_url or None,
+            # total_max_attempts counts the first request; botocore's max_attempts counts retries only.
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"max_attempts": 5, "mode": "standard"},
-                          connect_timeout=connect_timeout_s, read_timeout=read_timeout_s),
+                          retries={"total_max_attempts": options.max_attempts, "mode": "standard"},
+                          connect_timeout=options.connect_timeout_s, read_timeout=options.read_timeout_s),
         )
 
     def _key(self, key: str) -> str:
@@ -375,19 +397,16 @@ def parse_artifact_url(url: str) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=8)
-def _cached(url: str, endpoint: str | None, artifacts_dir: Path, spool: Path, timeouts: tuple[float, float],
-            ) -> ArtifactStore:
+def _cached(url: str, artifacts_dir: Path, options: S3Options) -> ArtifactStore:
     if not url:
         return LocalStore(artifacts_dir)
     bucket, prefix = parse_artifact_url(url)
-    return S3Store(bucket, prefix, endpoint_url=endpoint, spool=spool, connect_timeout_s=timeouts[0],
-                   read_timeout_s=timeouts[1])
+    return S3Store(bucket, prefix, options)
 
 
 def get_store(settings: Settings) -> ArtifactStore:
     """The store the settings name (one client per process and configuration)."""
-    return _cached(settings.artifact_url, settings.s3_endpoint_url, settings.artifacts_dir,
-                   settings.data_path / "tmp", (settings.s3_connect_timeout_s, settings.s3_read_timeout_s))
+    return _cached(settings.artifact_url, settings.artifacts_dir, s3_options(settings))
 
 
 def older_than(entry: Entry, grace_s: float, now: float | None = None) -> bool:

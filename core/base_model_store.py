@@ -5,7 +5,9 @@ hashes like a folder's (``core.base_models``). A worker fetches the pinned files
 ``<data_dir>/base-models/<digest>``, keyed by the sha256 over every pinned file's name and hash, so a
 worker on another host needs no shared disk; the files are verified against the pinned hashes before
 the folder is renamed into place, and later jobs reuse it (each job still re-hashes its local copy,
-as for a folder-registered model). A changed object fails the job with BaseModelTampered.
+as for a folder-registered model). A changed or missing object fails the job with BaseModelTampered; a
+store that cannot answer now (down, timing out, 5xx, throttling) raises Unavailable, and the job waits in
+the queue for it (``worker.pipeline``).
 
 The bucket is read with the artifact store's endpoint (``PROSPECT_S3_ENDPOINT_URL``) and the standard
 AWS credentials.
@@ -22,7 +24,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from core.artifact_store import S3Store, store_unavailable
+from core.artifact_store import S3Store, s3_store, store_unavailable
 from core.errors import InvalidInput, NotFound, Unavailable
 from core.settings import Settings
 
@@ -43,8 +45,7 @@ def _store(settings: Settings, source: str) -> tuple[S3Store, str]:
     if parsed.scheme != "s3" or not parsed.netloc or not path or any(p in (".", "..") for p in path.split("/")):
         raise InvalidInput(f"{source!r}: a base model in object storage is named s3://bucket/prefix/of/the/model")
     parent, _, leaf = path.rpartition("/")
-    return S3Store(parsed.netloc, parent, endpoint_url=settings.s3_endpoint_url, spool=settings.data_path / "tmp",
-                   connect_timeout_s=settings.s3_connect_timeout_s, read_timeout_s=settings.s3_read_timeout_s), leaf
+    return s3_store(settings, bucket=parsed.netloc, prefix=parent), leaf
 
 
 def _listing_sha256(hashes: dict[str, str]) -> str:
@@ -107,7 +108,8 @@ def cache_folder(settings: Settings, files: dict[str, str]) -> Path:
 def fetch_store_model(settings: Settings, record) -> Path:
     """The local folder of a store-registered base model: the cached copy, or fetched and verified now.
 
-    BaseModelTampered when an object is missing or its bytes differ from the pinned sha256."""
+    BaseModelTampered when an object is missing or its bytes differ from the pinned sha256; Unavailable when
+    the store is down, slow or failing (the job is retried later)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from core.base_models import BaseModelTampered, file_sha256
@@ -137,6 +139,9 @@ def fetch_store_model(settings: Settings, record) -> Path:
     except NotFound as exc:
         raise BaseModelTampered(f"base model {record.name!r} is missing from the store: {exc.message}") from exc
     except (BotoCoreError, ClientError) as exc:
+        if store_unavailable(exc, denied=False):  # an outage passes: the job waits for the store, not fails
+            raise Unavailable(f"base model {record.name!r}: the store cannot serve {record.source} now "
+                              f"({type(exc).__name__}: {exc})") from exc
         raise BaseModelTampered(f"base model {record.name!r}: cannot fetch {record.source}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,7 +5,8 @@ Life of a job::
     queued --claim--> running --succeed--> succeeded
       |                  |-----fail------> failed
       |                  |-----cancel----> cancelled   (cancel_requested, seen by the trainer)
-      |                  '--reap (worker vanished, attempts left)--> queued
+      |                  |--reap (worker vanished, attempts left)--> queued
+      |                  '--requeue (a dependency down, the attempt given back)--> queued
       '--request_cancel--> cancelled
 
 Every delivery of the Celery task calls :func:`claim_job`, which counts an
@@ -527,6 +528,20 @@ def fail(
     if eval_metrics is not None:
         job.eval_metrics = json_safe(eval_metrics)
     _finish(job, "failed", now=now or utcnow(), error=error)
+    return job
+
+
+def requeue(session: Session, *, job_id: str, token: str, reason: str, now: datetime | None = None) -> AlignmentJob:
+    """A dependency of the running job is down (the object store): back to the queue for a later delivery.
+    The attempt is given back: it trained nothing and its worker is fine, and the cap is for lost workers."""
+    job = _owned(session, job_id=job_id, token=token)
+    job.status = "queued"
+    job.attempts -= 1
+    job.claim_token = None
+    job.phase = None
+    job.enqueued_at = now or utcnow()  # the task's retry is on its way: the reaper need not send another yet
+    job.error = f"{reason}; re-queued"
+    log.info("job %s re-queued: %s", job_id, reason)
     return job
 
 

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     s3_read_timeout_s: float = Field(
         30.0, gt=0, description="Seconds the S3 store may stay silent on an open connection before the attempt fails."
     )
+    # botocore's standard mode retries on connection errors, timeouts, 5xx and throttling: a hung store holds
+    # a request for about this many read timeouts before the API answers 503.
+    s3_max_attempts: int = Field(
+        3, ge=1, description="Attempts of one S3 request, the first included (1: no retry)."
+    )
     download_redirect: Literal["stream", "presigned"] = Field(
         "stream", description="Downloads from an S3 store: 'stream' through the API, or 'presigned' (302 to a "
         "presigned URL of the store)."

@@ -155,9 +155,22 @@ def s3_settings(settings, server: S3Server, bucket: str, **extra):
                                        "s3_endpoint_url": server.endpoint, **extra})
 
 
+@dataclass
+class Blackhole:
+    endpoint: str
+    held: list  # the connections it accepted, in order
+
+    def connections(self, *, at_least: int = 0, timeout_s: float = 5.0) -> int:
+        """How many connections it accepted; waits (bounded) for ``at_least``: its thread accepts them."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.held) < at_least and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return len(self.held)
+
+
 @pytest.fixture
-def blackhole() -> Iterator[str]:
-    """An endpoint on 127.0.0.1 that accepts connections and never answers (a hung store)."""
+def blackhole() -> Iterator[Blackhole]:
+    """An endpoint on 127.0.0.1 that accepts connections and never answers (a hung store); counts them."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -174,7 +187,7 @@ def blackhole() -> Iterator[str]:
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+        yield Blackhole(f"http://127.0.0.1:{listener.getsockname()[1]}", held)
     finally:
         stop.set()
         thread.join()

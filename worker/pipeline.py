@@ -41,7 +41,7 @@ from core import metrics as telemetry
 from core.artifact_store import get_store
 from core.base_models import local_folder
 from core.db import get_engine, session_factory, session_scope
-from core.errors import DomainError
+from core.errors import DomainError, Unavailable
 from core.heldout import PromptCounts, assign_heldout, prompt_key
 from core.models import AlignmentJob, BaseModelRecord, Snapshot, utcnow
 from core.refused import keep_refused
@@ -243,7 +243,8 @@ class Liveness:
 
 
 def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, worker: str | None = None) -> Outcome:
-    """One delivery of job ``job_id``. Raises only transient errors (database unreachable)."""
+    """One delivery of job ``job_id``. Raises only transient errors: OperationalError (database unreachable;
+    the job stays ours) and Unavailable (the object store down; the job is back in the queue)."""
     engine = engine or get_engine(settings)
     worker = worker or jobs.worker_identity()
     with session_scope(engine) as s:
@@ -266,6 +267,16 @@ def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, wo
             return Outcome("run", reason=exc.message)
         except OperationalError:
             raise  # transient: the task retries; the job stays ours until then or until reaped
+        except Unavailable as exc:
+            # The object store is down: not the job's fault. Queued again (a store outage can outlast the
+            # task's retries; the reaper then sends it again), and the task retries it like a database blip.
+            log.warning("job %s: %s; back to the queue", job_id, exc.message)
+            try:
+                with session_scope(engine) as s:
+                    jobs.requeue(s, job_id=job_id, token=claim.token, reason=exc.message)
+            except jobs.LostClaim as lost:
+                return Outcome("run", reason=lost.message)
+            raise
         except Exception as exc:
             message = exc.message if isinstance(exc, JobFailed | DomainError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, JobFailed | DomainError):

@@ -11,7 +11,10 @@
   never-sent message).
 - ``prospect.policies.tick``: queues jobs for due training policies.
 
-Only transient errors (the database unreachable) are retried.
+Only transient errors are retried, TRANSIENT_RETRIES times TRANSIENT_BACKOFF_S apart: the database
+unreachable (the job stays running, ours), or the object store down while the job fetched its base
+model (the job was put back in the queue: when the retries run out first, the reaper sends it again
+after ``PROSPECT_QUEUED_RESEND_S``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 from core import jobs
 from core.db import get_engine, session_scope
+from core.errors import Unavailable
 from core.policy_tick import tick_policies
 from core.settings import Settings, get_settings
 from worker import bootstrap
@@ -57,8 +61,9 @@ def run_job(self, job_id: str) -> str:
     settings = get_settings()
     try:
         outcome = run(job_id, settings=settings)
-    except OperationalError as exc:
-        log.warning("job %s: database unavailable (%s); retrying", job_id, exc.orig)
+    except (OperationalError, Unavailable) as exc:
+        why = f"database unavailable ({exc.orig})" if isinstance(exc, OperationalError) else exc.message
+        log.warning("job %s: %s; retrying in %d s", job_id, why, TRANSIENT_BACKOFF_S)
         raise self.retry(exc=exc, countdown=TRANSIENT_BACKOFF_S,
                          max_retries=TRANSIENT_RETRIES) from exc
     if outcome.claim == "busy":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 from pydantic import ValidationError
 
 from core import base_model_store
@@ -76,14 +76,15 @@ def test_hostile_s3_sources_are_refused_clearly(s3, s3_server, s3_bucket, monkey
     assert r.status_code == 422 and "AccessDenied" in r.json()["detail"], r.text
 
 
-def test_the_s3_clients_are_built_with_the_timeout_settings(s3):
-    """Before: botocore's 60 s for both, whatever the settings."""
-    assert (s3.s3_connect_timeout_s, s3.s3_read_timeout_s) == (5.0, 30.0)
-    tuned = s3.model_copy(update={"s3_connect_timeout_s": 1.5, "s3_read_timeout_s": 7.0})
+def test_the_s3_clients_are_built_with_the_timeout_and_attempt_settings(s3):
+    """Before: botocore's 60 s for both, whatever the settings, and 6 attempts (retries={"max_attempts": 5}
+    counts the retries only)."""
+    assert (s3.s3_connect_timeout_s, s3.s3_read_timeout_s, s3.s3_max_attempts) == (5.0, 30.0, 3)
+    tuned = s3.model_copy(update={"s3_connect_timeout_s": 1.5, "s3_read_timeout_s": 7.0, "s3_max_attempts": 4})
     for store in (get_store(s3), get_store(tuned), base_model_store._store(tuned, "s3://models/base/m")[0]):
         config = store.client.meta.config
-        expected = (5.0, 30.0) if store is get_store(s3) else (1.5, 7.0)
-        assert (config.connect_timeout, config.read_timeout) == expected
+        expected = (5.0, 30.0, 3) if store is get_store(s3) else (1.5, 7.0, 4)
+        assert (config.connect_timeout, config.read_timeout, config.retries["total_max_attempts"]) == expected
 
 
 @pytest.mark.parametrize("name", ["s3_connect_timeout_s", "s3_read_timeout_s"])
@@ -95,11 +96,38 @@ def test_a_timeout_must_be_positive(name, monkeypatch):
         assert explain(caught.value)[0] == f"invalid setting PROSPECT_{name.upper()}: Input should be greater than 0"
 
 
+def test_s3_max_attempts_must_be_at_least_one(monkeypatch):
+    for bad in ("0", "-2"):
+        monkeypatch.setenv("PROSPECT_S3_MAX_ATTEMPTS", bad)
+        with pytest.raises(ValidationError) as caught:
+            Settings()
+        assert explain(caught.value)[0] == ("invalid setting PROSPECT_S3_MAX_ATTEMPTS: Input should be greater "
+                                            "than or equal to 1")
+    monkeypatch.setenv("PROSPECT_S3_MAX_ATTEMPTS", "1")
+    assert Settings().s3_max_attempts == 1
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_a_hung_store_is_asked_s3_max_attempts_times(s3, blackhole, attempts):
+    """One request to a store that never answers: one connection per attempt, on both S3 clients (the
+    artifact store and store-registered base models). Before: 6 whatever the setting."""
+    hung = s3.model_copy(update={"s3_endpoint_url": blackhole.endpoint, "s3_connect_timeout_s": 0.2,
+                                 "s3_read_timeout_s": 0.2, "s3_max_attempts": attempts})
+    seen = []
+    for store in (get_store(hung), base_model_store._store(hung, "s3://models/base/m")[0]):
+        before = blackhole.connections()
+        with pytest.raises(ReadTimeoutError):
+            store.stat("m/config.json")
+        seen.append(blackhole.connections(at_least=before + attempts) - before)
+    assert seen == [attempts, attempts]
+
+
 @pytest.mark.timeout(120)  # before: 5 attempts of botocore's 60 s read timeout, a hang of minutes
 def test_a_store_that_never_answers_is_a_503_not_a_hang(s3, blackhole, tmp_path):
     client, _ = make_api(s3)
     _publish(client.app.state.engine, s3, tmp_path, 1)
-    hung = s3.model_copy(update={"s3_endpoint_url": blackhole, "s3_connect_timeout_s": 0.2, "s3_read_timeout_s": 0.2})
+    hung = s3.model_copy(update={"s3_endpoint_url": blackhole.endpoint, "s3_connect_timeout_s": 0.2,
+                                 "s3_read_timeout_s": 0.2})
     client, h = make_api(hung)
     client = type(client)(client.app, raise_server_exceptions=False)
     r = client.get("/v1/adapters/chat/versions/1/files/adapter_model.safetensors", headers=h["read"])

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from core.artifact_store import LocalStore, S3Store, get_store, parse_artifact_url
+from core.artifact_store import LocalStore, S3Options, S3Store, get_store, parse_artifact_url
 from core.errors import InvalidInput, NotFound
 from tests.s3kit import s3_settings
 
@@ -18,8 +18,8 @@ def store(request, tmp_path):
         return LocalStore(tmp_path / "artifacts")
     server = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_bucket")
-    return S3Store(bucket, "some/prefix", endpoint_url=server.endpoint, spool=tmp_path / "spool",
-                   connect_timeout_s=5, read_timeout_s=30)
+    return S3Store(bucket, "some/prefix", S3Options(endpoint_url=server.endpoint, spool=tmp_path / "spool",
+                                                    connect_timeout_s=5, read_timeout_s=30, max_attempts=3))
 
 
 def test_put_open_stat_list_delete(store, tmp_path):

@@ -147,3 +147,53 @@ def test_two_jobs_fetching_at_once_and_a_full_disk_leave_one_verified_copy(store
         t.join(timeout=60)
     assert results == [target, target]
     assert [p.name for p in target.parent.iterdir()] == [target.name] and file_hashes(target) == pinned
+
+
+def test_a_store_outage_during_the_fetch_requeues_the_job_and_the_task_retries_it(stored_model, engine,
+                                                                                   monkeypatch):
+    """The store refusing connections while a job fetches its base model: the job goes back to the queue
+    (its attempt given back) and the Celery task retries it like a database blip; with the store back the
+    same job trains to the end. Before: the job failed for good, as if the model had been tampered with."""
+    import socket
+
+    from celery.exceptions import Retry
+
+    from core.errors import Unavailable
+    from worker import tasks
+
+    worker_host, _, _, pinned = stored_model
+    up = worker_host.model_copy(update={"artifact_url": ""})  # artifacts on local disk: only the model is in S3
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down = up.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{closed}", "s3_max_attempts": 1})
+    current = {"settings": down}
+    monkeypatch.setattr(tasks, "get_settings", lambda: current["settings"])
+    retries: list[dict] = []
+
+    def retry(**kwargs):
+        retries.append(kwargs)
+        return Retry("retry", when=kwargs.get("countdown"))
+
+    monkeypatch.setattr(tasks.run_job, "retry", retry)
+    job_id = _job(engine)
+    for delivery in (1, 2):  # the outage outlasts a retry: each delivery puts the job back
+        with pytest.raises(Retry):
+            tasks.run_job(job_id)
+        assert len(retries) == delivery
+        assert retries[-1]["countdown"] == tasks.TRANSIENT_BACKOFF_S
+        assert retries[-1]["max_retries"] == tasks.TRANSIENT_RETRIES
+        assert isinstance(retries[-1]["exc"], Unavailable)
+        with session_scope(engine) as s:
+            job = s.get(AlignmentJob, job_id)
+            assert (job.status, job.attempts, job.claim_token, job.finished_at) == ("queued", 0, None, None)
+            assert "the store cannot serve" in job.error and "EndpointConnectionError" in job.error, job.error
+        assert not cache_folder(up, pinned).exists()
+
+    current["settings"] = up  # the store is back
+    assert tasks.run_job(job_id) == "succeeded"
+    with session_scope(engine) as s:
+        job = s.get(AlignmentJob, job_id)
+        assert (job.status, job.attempts, job.error, job.adapter_version_id is not None) == (
+            "succeeded", 1, None, True)
+    assert file_hashes(cache_folder(up, pinned)) == pinned
