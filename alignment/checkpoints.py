@@ -35,7 +35,8 @@ def _runtime(device: torch.device, dtype: torch.dtype) -> dict:
 
 def _fingerprint(examples: Sequence[Example], config: KTOConfig, runtime: dict) -> str:
     """What must match for a checkpoint to continue this run."""
-    how = ("checkpoint_every", "device", "sequence_layout", "sequence_workers")  # how, not what, is computed
+    how = ("checkpoint_every", "device", "sequence_layout", "sequence_workers",  # how, not what, is computed
+           "gradient_checkpointing")
     settings = {k: v for k, v in config.to_dict().items() if k not in how}
     digest = hashlib.sha256(json.dumps([settings, runtime], sort_keys=True).encode())
     for e in examples:

@@ -22,6 +22,7 @@ KLMode = Literal["estimate", "zero"]
 KLPairing = Literal["next", "previous"]
 Schedule = Literal["cosine", "linear", "constant"]
 Layout = Literal["auto", "per_sequence", "batched"]
+Quantization = Literal["none", "nf4"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,16 @@ class KTOConfig:
     # per_sequence on a CPU: examples scored at once, one thread each (a small matmul scales better across
     # examples than inside one: +43% tokens/s on 2 cores, README); None = torch's intra-op thread count.
     sequence_workers: int | None = None
-    packing: bool = True  # batched layout: the reference pass computes each prompt once for both pairs (4D mask)
+    # Batched layout: sequences packed into rows with a 4D block mask instead of padded: the reference pass
+    # computes each prompt once for both pairs, the policy's forward spends no FLOP on padding rows.
+    packing: bool = True
+    # Recompute each decoder layer's activations in the backward instead of keeping them: less memory for
+    # long sequences, ~1/3 more compute. Batched layout only (a per-sequence forward re-drawing its
+    # dropout masks in the recompute would train on other masks than it scored).
+    gradient_checkpointing: bool = False
+    # "nf4": the frozen base's linear layers in 4-bit NormalFloat (QLoRA; needs bitsandbytes): about a
+    # quarter of the base's memory. The reference is then the quantized base, the adapter trains against it.
+    quantization: Quantization = "none"
     # Data-parallel processes (alignment.distributed): each takes batch_size examples of a global microbatch
     # of processes x batch_size, KL partners from its own share, z0 over the whole microbatch.
     processes: int = 1
@@ -246,6 +256,11 @@ def _check_values(c: KTOConfig) -> None:
         )
     if not (c.device in ("auto", "cpu", "cuda", "mps") or c.device.startswith("cuda:")):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {c.device!r}")
+    if c.gradient_checkpointing and c.sequence_layout == "per_sequence":
+        raise ConfigError(
+            "gradient_checkpointing needs sequence_layout 'batched' (or 'auto', which then picks batched): "
+            "the per-sequence layout's recompute would draw other dropout masks than its forward"
+        )
     if c.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {c.dtype!r}")
 

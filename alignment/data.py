@@ -117,6 +117,7 @@ class Batch:
     workers: int = 1  # per-sequence layout: threads scoring examples at once
     kl_partners: list[int] | None = None  # position of each example's KL partner in the microbatch
     dropout_seeds: list[int] | None = None  # per example: its LoRA dropout generator's seed (training only)
+    pad_id: int = 0  # what fills the rows of packs built from the pairs later (alignment.train.pair_logps)
 
 
 def _as_messages(value, *, index: int, field: str) -> list[dict]:
@@ -282,8 +283,13 @@ def _pad(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> Sequences:
 
 
 def pack(matched: list[tuple[list[int], list[int]]], kl: list[tuple[list[int], list[int]]] | None,
-         pad_id: int) -> Packed:
-    """:class:`Packed` from the (prompt, completion) pairs that :func:`collate` pads."""
+         pad_id: int, *, rows_of: int = 1) -> Packed:
+    """:class:`Packed` from the (prompt, completion) pairs that :func:`collate` pads.
+
+    Rows hold up to ``rows_of`` times the longest segment: 1 keeps attention's cost (quadratic in the
+    row under a dense 4D mask) at the padded batch's; 2 lets two long sequences share a row, so nearly
+    no row is padding, for about twice the attention work per token (small next to the MLP's at these
+    lengths)."""
     m = len(matched)
     # A segment: (prompt, [(grid slot, completion), ...]); slot i = matched i, slot m + i = KL pair i.
     segments: list[tuple[list[int], list[tuple[int, list[int]]]]] = []
@@ -297,7 +303,7 @@ def pack(matched: list[tuple[list[int], list[int]]], kl: list[tuple[list[int], l
                 segments.append((kl_prompt, [(m + i, kl_completion)]))
         segments.append((prompt, branches))
     sizes = [len(p) + sum(len(c) for _, c in b) for p, b in segments]
-    capacity = max(sizes)
+    capacity = rows_of * max(sizes)
     rows: list[list[int]] = []
     fill: list[int] = []
     for s in sorted(range(len(segments)), key=lambda s: -sizes[s]):  # first fit, decreasing

@@ -2,7 +2,8 @@
 
 The vocabulary projection (a 49k-wide matmul for SmolLM2) runs only at the
 positions that predict a completion token: the decoder's hidden states are
-gathered there first and the LM head is applied to those rows alone. Models
+gathered there first and the LM head is applied to those rows alone, a chunk
+at a time, keeping the gradient instead of the logits (``alignment.head``). Models
 whose logits are more than ``head(hidden)`` (soft-capping, logit scaling) use
 the plain full-logits path.
 """
@@ -14,9 +15,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torch.nn.functional as F
 
 from alignment.data import Packed, Pair, Sequences
+from alignment.head import token_logps as head_logps
 from alignment.lora import MaskStream, SeededDropout, dropout_generator
 
 # Config attributes that post-process logits after the LM head.
@@ -62,8 +63,8 @@ def sequence_logps(model, seqs: Sequences) -> torch.Tensor:
     hidden = decoder(input_ids=seqs.input_ids, attention_mask=_attention_mask(seqs)).last_hidden_state
     # Position t predicts token t+1: score hidden[:, t] where token t+1 is a completion token.
     scored = seqs.completion_mask[:, 1:]
-    logits = head(hidden[:, :-1][scored]).float()  # (N, V), N = completion tokens in the batch
-    token_logps = -F.cross_entropy(logits, seqs.input_ids[:, 1:][scored], reduction="none")
+    # (N,), N = completion tokens in the batch; the (N, V) logits exist a chunk at a time (alignment.head)
+    token_logps = head_logps(head, hidden[:, :-1][scored], seqs.input_ids[:, 1:][scored])
     return _sum_per_row(token_logps, scored)
 
 
@@ -91,7 +92,7 @@ def packed_logps(model, packed: Packed) -> tuple[torch.Tensor, torch.Tensor | No
     hidden = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
                      attention_mask=mask).last_hidden_state
     states = hidden.reshape(-1, hidden.shape[-1])[packed.score_from]
-    token_logps = -F.cross_entropy(head(states).float(), packed.targets, reduction="none")
+    token_logps = head_logps(head, states, packed.targets)
     b, (width_m, width_k) = packed.size, packed.widths
     grid = torch.zeros(b * (width_m + width_k), dtype=token_logps.dtype, device=token_logps.device)
     grid = grid.index_put((packed.score_slot,), token_logps)
@@ -110,7 +111,7 @@ def _completion_logp(head, states: torch.Tensor, targets: torch.Tensor) -> torch
     """Summed log-prob of ``targets`` (N,) predicted by ``states`` (N, H); a 0-dim fp32 tensor."""
     if targets.numel() == 0:
         return states.new_zeros((), dtype=torch.float32)
-    token_logps = -F.cross_entropy(head(states).float(), targets, reduction="none")
+    token_logps = head_logps(head, states, targets)
     # fp64 accumulation: a long fp32 sum in another order than the padded path's would drift by ~1e-5.
     return token_logps.double().sum().float()
 

@@ -134,7 +134,7 @@ ATTENTION_PROJECTIONS = (
 def default_target_modules(model) -> tuple[str, ...]:
     """The attention projections of ``model``'s architecture, by module name."""
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if type(module).__name__ in ("Linear", "Conv1D")}
+             if type(module).__name__ in ("Linear", "Conv1D", "Linear4bit")}  # Linear4bit: an nf4 base
     for group in ATTENTION_PROJECTIONS:
         if all(n in names for n in group):
             return group

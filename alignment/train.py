@@ -26,7 +26,7 @@ from alignment.checkpoints import (  # noqa: F401 - CHECKPOINT_FILE, CheckpointM
     save_checkpoint,
 )
 from alignment.config import KTOConfig
-from alignment.data import Batch, Example, collate, pad_token_id, plan_batches, tokenize_rows
+from alignment.data import Batch, Example, collate, pack, pad_token_id, plan_batches, tokenize_rows
 from alignment.distributed import World, check_shards, shards
 from alignment.logps import (
     packed_logps,
@@ -37,6 +37,7 @@ from alignment.logps import (
 )
 from alignment.lora import attach_lora, dropout_seed
 from alignment.loss import kto_loss
+from alignment.quantize import quantize_base
 from alignment.weights import ClassWeights, class_weights
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ class Plan:
 
 def use_per_sequence(config: KTOConfig, device: torch.device, model) -> bool:
     """The layout the config asks for, where the model allows it (else batched)."""
-    wanted = config.sequence_layout == "per_sequence" or (config.sequence_layout == "auto" and device.type == "cpu")
+    wanted = config.sequence_layout == "per_sequence" or (
+        config.sequence_layout == "auto" and device.type == "cpu" and not config.gradient_checkpointing)
     return wanted and model is not None and supports_per_sequence(model)
 
 
@@ -166,6 +168,7 @@ class Collator:
         batch.packed = batch.packed.to(self.device) if batch.packed is not None else None
         batch.per_sequence = self.per_sequence
         batch.workers = self.workers
+        batch.pad_id = self.pad_id
         if microbatch is not None:
             batch.dropout_seeds = [dropout_seed(c.seed, microbatch, i) for i in batch.indices]
         return batch
@@ -176,17 +179,27 @@ def pair_logps(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 
     Per sequence: one unpadded forward per example, the KL pair continuing
     from its cached prompt (see :func:`alignment.logps.per_sequence_logps`).
-    Batched: without autograd (the reference, evaluation) one packed forward
-    per microbatch computes each prompt once for both of its pairs. With
-    autograd (the policy) the padded sequences are used: a shared forward
-    would also backpropagate through every KL branch. The KL sums never
-    carry a gradient (z0 is a baseline), so that forward runs without a graph.
+    Batched and packed: without autograd (the reference, evaluation) one packed
+    forward per microbatch computes each prompt once for both of its pairs.
+    With autograd (the policy) the matched pairs are packed alone (a shared
+    forward would also backpropagate through every KL branch), and the KL
+    pairs in a second packed forward. Without packing, the padded sequences.
+    The KL sums never carry a gradient (z0 is a baseline), so their forward
+    runs without a graph.
     """
     if batch.per_sequence:
         return per_sequence_logps(model, batch.matched_pairs, batch.kl_pairs, batch.labels.device,
                                   workers=batch.workers, seeds=batch.dropout_seeds)
     if batch.packed is not None and not torch.is_grad_enabled():
         return packed_logps(model, batch.packed)
+    if batch.packed is not None:
+        device = batch.labels.device
+        matched, _ = packed_logps(model, pack(batch.matched_pairs, None, batch.pad_id, rows_of=2).to(device))
+        kl = None
+        if batch.kl_pairs is not None:
+            with torch.no_grad():
+                kl, _ = packed_logps(model, pack(batch.kl_pairs, None, batch.pad_id, rows_of=2).to(device))
+        return matched, kl
     matched = sequence_logps(model, batch.matched)
     with torch.no_grad():
         kl = sequence_logps(model, batch.kl) if batch.kl is not None else None
@@ -394,7 +407,16 @@ def train_kto(
              weights.desirable, weights.undesirable, weights.reason)
 
     # Cast the base before attaching LoRA: PEFT then keeps the adapter in fp32.
+    if config.quantization == "nf4":
+        model = quantize_base(model.to(dtype=dtype), compute_dtype=dtype, device=device)
     model = attach_lora(model.to(device=device, dtype=dtype), config).to(device)
+    if config.gradient_checkpointing:
+        # Non-reentrant: it restores the RNG state in the recompute, so dropout draws the same masks.
+        # transformers 5.24 renamed it activation_checkpointing_enable (the old name warns).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     collate_fn = Collator(examples, tokenizer, config, device, model)
     params = [p for p in model.parameters() if p.requires_grad]

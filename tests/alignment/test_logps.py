@@ -39,8 +39,9 @@ def test_fast_path_with_active_lora_matches_and_gives_same_gradients(tiny_model,
     naive = naive_sequence_logps(model, batch.matched)
     g_naive = torch.autograd.grad(naive.sum(), params)
     assert torch.allclose(fast, naive, atol=1e-5, rtol=0)
+    # The fast path forms the head's gradient in another order (alignment.head): ~1e-7 of each tensor's norm.
     for a, b in zip(g_fast, g_naive):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+        assert float((a - b).norm()) <= 1e-5 * float(b.norm())
     with torch.no_grad(), model.disable_adapter():
         assert not torch.allclose(sequence_logps(model, batch.matched), fast, atol=1e-3)
 
