@@ -97,14 +97,17 @@ def _text(rng: random.Random, words: int, *, question: bool) -> str:
     return " ".join(sentences)
 
 
-def synthetic_rows(n: int, tokenizer, *, max_length: int, seed: int = 0) -> list[dict]:
-    """Deterministic chat-like rows (see the module docstring for the distribution)."""
+def synthetic_rows(n: int, tokenizer, *, max_length: int, seed: int = 0, prompt_words: int = 80,
+                   completion_words: int = 110) -> list[dict]:
+    """Deterministic chat-like rows (see the module docstring for the distribution); ``prompt_words`` and
+    ``completion_words`` are the upper ends of the uniform word counts."""
     from alignment.data import tokenize_rows
 
     rng = random.Random(seed)
     rows = []
+    most_prompt, most_completion = prompt_words, completion_words
     for i in range(n):
-        prompt_words, completion_words = rng.randint(5, 80), rng.randint(5, 110)
+        prompt_words, completion_words = rng.randint(5, most_prompt), rng.randint(5, most_completion)
         label = rng.random() < 0.5 if i >= 2 else i == 0  # both classes in the first batch
         while True:
             prompt = _text(random.Random(f"{seed}:p{i}"), prompt_words, question=True)
@@ -352,6 +355,31 @@ def spawn(kind: str, spec_path: Path) -> dict:
 
 # ---------------------------------------------------------------- the benchmark
 
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``KEY=JSON`` pairs -> a dict, checked against KTOConfig (so a typo fails here, not in a worker)."""
+    from alignment import KTOConfig
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--override {pair!r}: expected KEY=JSON, e.g. gradient_checkpointing=true")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value  # a bare string: quantization=nf4
+    KTOConfig.from_dict(out)
+    return out
+
+
 def model_dir(name: str, cache: Path) -> Path:
     if name == "tiny":
         from tests.tiny import build_tiny_model_dir
@@ -384,6 +412,14 @@ def main() -> None:
     parser.add_argument("--ablation-rows", default=None,
                         help="with --ablation: only these rows, 0-based, comma-separated (e.g. 5,6: threads "
                              "without and with dropout)")
+    parser.add_argument("--prompt-words", type=int, default=80, help="longest prompt, in words (5-80 by default)")
+    parser.add_argument("--completion-words", type=int, default=110,
+                        help="longest completion, in words (5-110 by default)")
+    parser.add_argument("--only", choices=("all", "prospect"), default="all",
+                        help="prospect: Prospect alone (no TRL runs, no parity), e.g. with --override")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
+                        help="a KTOConfig field for Prospect's run, e.g. gradient_checkpointing=true, "
+                             'quantization=\"nf4\" (repeatable)')
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -408,11 +444,14 @@ def main() -> None:
         else:
             folder = model_dir("smollm2", ROOT / "var/models/smollm2-135m-instruct")
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        rows = synthetic_rows(args.steps * args.batch, tokenizer, max_length=args.max_length)
+        rows = synthetic_rows(args.steps * args.batch, tokenizer, max_length=args.max_length,
+                              prompt_words=args.prompt_words, completion_words=args.completion_words)
+        overrides = {"dtype": "bfloat16"} if args.cpu_bf16 else {}
+        overrides.update(_overrides(args.override))
         spec = {"model_dir": str(folder), "rows": rows, "steps": args.steps, "batch": args.batch,
                 "max_length": args.max_length, "lr": lr, "beta": beta, "lora_dropout": lora_dropout,
                 "adapter_dir": str(tmp / "adapter"), "trl_gradient_checkpointing": args.trl_gradient_checkpointing,
-                "cpu_bf16": args.cpu_bf16, "overrides": {"dtype": "bfloat16"} if args.cpu_bf16 else {}}
+                "cpu_bf16": args.cpu_bf16, "overrides": overrides}
         spec_path = tmp / "spec.json"
         spec_path.write_text(json.dumps(spec))
         if args.ablation:
@@ -422,6 +461,18 @@ def main() -> None:
                               "max_length": args.max_length, "lr": lr, "ablation": table}))
             return
 
+        if args.only == "prospect":
+            runs = [spawn("prospect", spec_path) for _ in range(args.rounds)]
+            print(json.dumps({"model": args.model if not args.model_dir else str(args.model_dir),
+                              "device": _device_name(), "steps": args.steps, "batch": args.batch,
+                              "max_length": args.max_length, "rounds": args.rounds, "overrides": overrides,
+                              "rows": len(rows), "tokens": runs[0]["tokens"],
+                              "prospect_tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
+                              "prospect_seconds": statistics.median(r["seconds"] for r in runs),
+                              "prospect_peak_mb": max(r["peak_mb"] for r in runs),
+                              "prospect_final_loss": runs[-1]["final_loss"],
+                              "sequence_layout": runs[0]["sequence_layout"]}))
+            return
         runs: dict[str, list[dict]] = {"prospect": [], "trl_default": [], "trl_precompute": []}
         for r in range(args.rounds):
             # Alternate the order too, so that no configuration always runs first (page cache, thermals).
@@ -440,11 +491,11 @@ def main() -> None:
 
     prospect, trl_default, trl_pre = tps("prospect"), tps("trl_default"), tps("trl_precompute")
     faster = "trl_precompute" if trl_pre >= trl_default else "trl_default"
-    import torch
 
     print(json.dumps({
         "model": args.model if not args.model_dir else str(args.model_dir),
-        "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "device": _device_name(),
+        "overrides": spec["overrides"],
         "steps": args.steps, "batch": args.batch, "max_length": args.max_length, "rounds": args.rounds,
         "lr": lr, "beta": beta, "lora_dropout": lora_dropout, "lora_r": defaults.lora_r,
         "lora_alpha": defaults.lora_alpha, "sequence_layout": runs["prospect"][0]["sequence_layout"],
