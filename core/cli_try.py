@@ -16,9 +16,11 @@ from rich.table import Table
 
 from core import adapters
 from core.artifact_store import get_store
-from core.cli_resources import adapters_app
+from core.base_models import local_folder, verify_base_model
+from core.cli_resources import _fail, adapters_app
 from core.cli_run import database_engine
 from core.db import session_scope
+from core.errors import DomainError
 from core.models import BaseModelRecord
 from core.settings import get_settings
 
@@ -34,10 +36,16 @@ def adapters_try(
     from alignment.generate import compare
 
     settings = get_settings()
-    with session_scope(database_engine(settings)) as session:
-        row = adapters.resolve_version(session, adapter_name=name, version_or_alias=version)
-        base = session.get(BaseModelRecord, row.base_model_id)
-        number, key, base_name, base_dir = row.version, row.path, base.name, base.path
+    try:
+        with session_scope(database_engine(settings)) as session:
+            row = adapters.resolve_version(session, adapter_name=name, version_or_alias=version)
+            base = session.get(BaseModelRecord, row.base_model_id)
+            number, key, base_name = row.version, row.path, base.name
+            # A store-registered base has no folder here: this host's verified copy, fetched when missing.
+            base_dir = local_folder(settings, base)
+            verify_base_model(base, base_dir)
+    except DomainError as exc:
+        _fail(exc.message)
     Console(stderr=True).print(f"loading {base_name} and {name} v{number} …")
     store = get_store(settings)
     with tempfile.TemporaryDirectory() as tmp:

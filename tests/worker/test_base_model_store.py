@@ -197,3 +197,29 @@ def test_a_store_outage_during_the_fetch_requeues_the_job_and_the_task_retries_i
         assert (job.status, job.attempts, job.error, job.adapter_version_id is not None) == (
             "succeeded", 1, None, True)
     assert file_hashes(cache_folder(up, pinned)) == pinned
+
+
+def test_adapters_try_fetches_a_store_registered_base_on_a_host_without_it(stored_model, engine, monkeypatch,
+                                                                             tmp_path):
+    from typer.testing import CliRunner
+
+    import core.cli_try
+    from core.cli import app
+
+    worker_host, s3, bucket, pinned = stored_model
+    assert run_job(_job(engine), settings=worker_host, worker="w:1").status == "succeeded"
+    # An operator's host: its own data folder, no copy of the model yet.
+    operator = worker_host.model_copy(update={"data_dir": tmp_path / "operator-host"})
+    monkeypatch.setattr(core.cli_try, "get_settings", lambda: operator)
+    monkeypatch.setattr(core.cli_try, "database_engine", lambda settings: engine)
+    shown = CliRunner().invoke(app, ["adapters", "try", "bot", "latest", "p3", "--max-new-tokens", "4"])
+    assert shown.exit_code == 0, shown.output
+    assert "tiny (base)" in shown.stdout and "bot v1" in shown.stdout
+    assert file_hashes(cache_folder(operator, pinned)) == pinned  # fetched and verified there
+
+    # The store's copy changed since registration: a clear refusal, not a traceback.
+    s3.put_object(Bucket=bucket, Key="models/tiny/config.json", Body=b"{}")
+    elsewhere = operator.model_copy(update={"data_dir": tmp_path / "another-host"})
+    monkeypatch.setattr(core.cli_try, "get_settings", lambda: elsewhere)
+    refused = CliRunner().invoke(app, ["adapters", "try", "bot", "latest", "p3"])
+    assert refused.exit_code == 2 and "changed in the store" in refused.output, refused.output
