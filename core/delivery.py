@@ -40,8 +40,9 @@ from sqlalchemy.orm import Session, aliased
 from core import adapter_aliases, adapters, serving_compat
 from core import metrics as telemetry
 from core.attribution import served_name
+from core.clock import db_now
 from core.db import session_scope
-from core.models import AdapterAlias, AdapterVersion, Delivery, Rollout, ServingTarget, utcnow
+from core.models import AdapterAlias, AdapterVersion, Delivery, Rollout, ServingTarget
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def _save_loaded(engine: Engine, target_id: str, loaded: set[int]) -> None:
 def deliver(engine: Engine, *, settings: Settings, delivery_id: str, now: datetime | None = None,
             http: httpx.Client | None = None) -> str | None:
     """One attempt at one delivery, if it is due and nobody else holds it; returns its status after, or None."""
-    now = now or utcnow()
+    now = now or db_now(engine)  # leases on the database's clock (core.clock)
     attempt = _claim(engine, delivery_id, now, settings.outbox_lease_s)
     if attempt is None:
         return None
@@ -261,7 +262,7 @@ def deliver_due(engine: Engine, *, settings: Settings, now: datetime | None = No
                 http: httpx.Client | None = None) -> dict[str, str | None]:
     """One attempt at each due delivery first in its target's line (in order, at most SWEEP_BATCH); returns
     {id: status}. A row delivered here lets the next one of its target go in the same sweep."""
-    now = now or utcnow()
+    now = now or db_now(engine)
     with session_scope(engine) as s:
         ids = list(s.scalars(select(Delivery.id).where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
                              .order_by(Delivery.target_id, Delivery.seq).limit(SWEEP_BATCH)))

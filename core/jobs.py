@@ -44,8 +44,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.base_models import FAILED, PREPARING, check_name, get_base_model
+from core.clock import db_now
 from core.errors import Conflict, InvalidInput, NotFound
-from core.models import JOB_STATUSES, AlignmentJob, BaseModelRecord, JobMetric, Snapshot, utcnow
+from core.models import JOB_STATUSES, AlignmentJob, BaseModelRecord, JobMetric, Snapshot
 from core.snapshots import parse_filters, parse_options
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ def create_job(
         force_publish=bool(force_publish),
         status="queued",
         max_attempts=max_attempts,
+        created_at=db_now(session),  # the reaper's resend clock (core.clock)
     )
     session.add(job)
     session.flush()
@@ -237,14 +239,14 @@ def has_active_job(session: Session, *, adapter_name: str) -> bool:
 def mark_enqueued(session: Session, *, job_id: str, task_id: str | None, now: datetime | None = None) -> None:
     job = get_job(session, job_id=job_id)
     job.celery_task_id = task_id
-    job.enqueued_at = now or utcnow()
+    job.enqueued_at = now or db_now(session)
 
 
 def touch_queued(session: Session, *, job_id: str, now: datetime | None = None) -> None:
     """A delivery saw the job and will retry it (busy adapter): its message is alive, do not re-send."""
     session.execute(
         update(AlignmentJob).where(AlignmentJob.id == job_id, AlignmentJob.status == "queued")
-        .values(enqueued_at=now or utcnow())
+        .values(enqueued_at=now or db_now(session))
     )
 
 
@@ -257,7 +259,7 @@ def request_cancel(session: Session, *, job_id: str, now: datetime | None = None
     if job.status == "queued":
         job.status = "cancelled"
         job.cancel_requested = True
-        job.finished_at = now or utcnow()
+        job.finished_at = now or db_now(session)
         log.info("job %s cancelled while queued", job_id)
     elif job.status == "running":
         job.cancel_requested = True
@@ -314,7 +316,7 @@ def claim_job(
     retry later), ``duplicate`` (a live worker runs this very job: retry later).
     On ``busy`` the session was rolled back.
     """
-    now = now or utcnow()
+    now = now or db_now(session)
     job = get_job(session, job_id=job_id, for_update=True)
     if job.status in TERMINAL:
         return Claim("skip", f"job is already {job.status}")
@@ -365,7 +367,7 @@ def fail_waiting_jobs(session: Session, *, base: BaseModelRecord) -> list[str]:
     waiting = list(session.scalars(select(AlignmentJob).where(
         AlignmentJob.base_model_id == base.id, AlignmentJob.status == "queued")))
     for job in waiting:
-        _finish(job, "failed", now=utcnow(), error=preparation_failed(base))
+        _finish(job, "failed", now=db_now(session), error=preparation_failed(base))
     session.flush()
     return [job.id for job in waiting]
 
@@ -382,7 +384,7 @@ def _owned(session: Session, *, job_id: str, token: str) -> AlignmentJob:
 def heartbeat(session: Session, *, job_id: str, token: str, now: datetime | None = None) -> bool:
     """Prove the holder is alive; returns whether cancellation was requested."""
     job = _owned(session, job_id=job_id, token=token)
-    job.heartbeat_at = now or utcnow()
+    job.heartbeat_at = now or db_now(session)
     return job.cancel_requested
 
 
@@ -445,7 +447,7 @@ def record_progress(
     Returns whether cancellation was requested.
     """
     job = _owned(session, job_id=job_id, token=token)
-    now = now or utcnow()
+    now = now or db_now(session)
     clean = {k: _json_number(v) for k, v in metrics.items()}
     session.merge(JobMetric(job_id=job_id, step=step, attempt=attempt, metrics=clean, created_at=now))
     job.progress_step, job.progress_total = step, total
@@ -470,7 +472,7 @@ def set_phase(session: Session, *, job_id: str, token: str, phase: str, now: dat
         raise ValueError(f"unknown phase {phase!r}")
     job = _owned(session, job_id=job_id, token=token)
     job.phase = phase[:64]
-    job.heartbeat_at = now or utcnow()
+    job.heartbeat_at = now or db_now(session)
     return job.cancel_requested
 
 
@@ -508,7 +510,7 @@ def succeed(
     if eval_metrics is not None:
         job.eval_metrics = json_safe(eval_metrics)
     job.error = None
-    _finish(job, "succeeded", now=now or utcnow())
+    _finish(job, "succeeded", now=now or db_now(session))
     return job
 
 
@@ -527,7 +529,7 @@ def fail(
         return job
     if eval_metrics is not None:
         job.eval_metrics = json_safe(eval_metrics)
-    _finish(job, "failed", now=now or utcnow(), error=error)
+    _finish(job, "failed", now=now or db_now(session), error=error)
     return job
 
 
@@ -539,7 +541,7 @@ def requeue(session: Session, *, job_id: str, token: str, reason: str, now: date
     job.attempts -= 1
     job.claim_token = None
     job.phase = None
-    job.enqueued_at = now or utcnow()  # the task's retry is on its way: the reaper need not send another yet
+    job.enqueued_at = now or db_now(session)  # the task's retry is on its way: the reaper need not send another yet
     job.error = f"{reason}; re-queued"
     log.info("job %s re-queued: %s", job_id, reason)
     return job
@@ -548,7 +550,7 @@ def requeue(session: Session, *, job_id: str, token: str, reason: str, now: date
 def cancel(session: Session, *, job_id: str, token: str, now: datetime | None = None) -> AlignmentJob:
     """The running job stopped on request."""
     job = _owned(session, job_id=job_id, token=token)
-    _finish(job, "cancelled", now=now or utcnow())
+    _finish(job, "cancelled", now=now or db_now(session))
     return job
 
 
@@ -583,7 +585,7 @@ def reap_stale_jobs(
     sent them. The caller sends a task for every id in ``requeued`` and
     ``unsent`` after committing; a double delivery is harmless, the claim decides.
     """
-    now = now or utcnow()
+    now = now or db_now(session)
     cutoff = now - timedelta(seconds=heartbeat_timeout_s)
     resend_cutoff = now - timedelta(seconds=heartbeat_timeout_s if resend_after_s is None else resend_after_s)
     result = Reaped()

@@ -293,3 +293,31 @@ def test_base_model_name_or_path_option_is_a_string_and_stored_only_when_given()
     for bad in (3, "", "a\nb", "x" * 1001):
         with pytest.raises(InvalidInput, match="base_model_name_or_path"):
             jobs.JobOptions.from_dict({"base_model_name_or_path": bad})
+
+
+def test_heartbeats_and_the_reaper_share_the_database_clock(engine, base_model, monkeypatch):
+    """A worker host whose clock runs 10 minutes slow is alive; the reaper on a correct host must not take
+    its job over (on host clocks its heartbeat looked 10 minutes old)."""
+    import core.clock
+    import core.models
+    from core.clock import db_now
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite is one host's embedded file: its clock is that host's")
+    job_id = _job(engine)
+
+    def slow():
+        return utcnow() - timedelta(minutes=10)
+
+    with monkeypatch.context() as m:  # the worker host
+        for module in (jobs, core.models, core.clock):
+            m.setattr(module, "utcnow", slow, raising=False)
+        claim = _claim(engine, job_id)
+        with session_scope(engine) as s:
+            jobs.heartbeat(s, job_id=job_id, token=claim.token)
+    with session_scope(engine) as s:  # the reaper's host
+        assert jobs.reap_stale_jobs(s, heartbeat_timeout_s=TIMEOUT).requeued == []
+    assert _get(engine, job_id).status == "running"
+    with session_scope(engine) as s:  # a worker really silent for two minutes is still taken over
+        later = db_now(s) + timedelta(minutes=2)
+        assert jobs.reap_stale_jobs(s, heartbeat_timeout_s=TIMEOUT, now=later).requeued == [job_id]
