@@ -77,6 +77,24 @@ def store_unavailable(exc: Exception, *, denied: bool = True) -> bool:
                             CredentialRetrievalError))
 
 
+def s3_errors() -> tuple[type[Exception], ...]:
+    """What the S3 store's calls raise when the store fails them (for an ``except`` clause)."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, S3UploadFailedError)
+
+
+def s3_cause(exc: Exception) -> Exception:
+    """The botocore error behind one of ``s3_errors()``: boto3's upload_file wraps a ClientError (a 5xx as
+    much as a wrong bucket) in S3UploadFailedError, which ``store_unavailable`` cannot read."""
+    from boto3.exceptions import S3UploadFailedError
+
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
+        return exc.__context__
+    return exc
+
+
 class ArtifactStore(ABC):
     """The few operations Prospect needs; every key is checked by ``check_key``."""
 

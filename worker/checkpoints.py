@@ -8,8 +8,10 @@ downloads it unless the store still holds the very object this host last uploade
 steps with it. Times from the store are compared only with times from the store: a local file's
 mtime is another host's clock, and a stale local checkpoint (an earlier attempt here) with a clock
 running ahead would win over the newer one another host uploaded. With the local store the folder
-is the checkpoint and nothing is copied. A failed upload is logged, not fatal: the next checkpoint
-tries again (and the local copy, newer than the store's, is kept).
+is the checkpoint and nothing is copied. A failed upload is logged, not fatal: training goes on from the
+local copy (newer than the store's, and kept), and the next checkpoint tries again. A failed delete at the
+job's end is logged too (the artifact sweep removes the copy later). Only ``restore`` raises: without the
+store a delivery cannot know whether another host left a newer checkpoint (the job then waits in the queue).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.artifact_store import ArtifactStore, Entry
+from core.artifact_store import ArtifactStore, Entry, s3_errors
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +71,21 @@ class CheckpointMirror:
     def push(self, file: Path) -> None:
         if not self.remote:
             return
-        from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             self.store.put_file(self.key, file)
             self._remember(self.store.stat(self.key))
-        except (S3UploadFailedError, BotoCoreError, ClientError, OSError) as exc:  # the store blinked: training goes on, the next checkpoint retries
+        except (*s3_errors(), OSError) as exc:  # the store blinked: training goes on, the next checkpoint retries
             log.warning("job %s: could not upload its checkpoint to the artifact store: %s", self.job_id, exc)
 
     def remove(self) -> None:
         """The job is over (or its checkpoint does not fit this run): drop both copies."""
         shutil.rmtree(self.folder, ignore_errors=True)
-        if self.remote:
+        if not self.remote:
+            return
+        try:
             self.store.delete_prefix(f"checkpoints/{self.job_id}")
+        except s3_errors() as exc:  # the job's outcome stands; core.artifact_sweep drops a finished job's copy
+            log.warning("job %s: could not delete its checkpoint from the artifact store: %s", self.job_id, exc)
 
 
 def _fields(entry: Entry) -> list:

@@ -38,7 +38,7 @@ from sqlalchemy.exc import OperationalError
 
 from core import jobs
 from core import metrics as telemetry
-from core.artifact_store import get_store
+from core.artifact_store import get_store, s3_cause, s3_errors, store_unavailable
 from core.base_models import local_folder
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError, Unavailable
@@ -64,6 +64,21 @@ class JobFailed(Exception):
         super().__init__(message)
         self.message = message
         self.figures = figures
+
+
+@contextmanager
+def store_phase(doing: str) -> Iterator[None]:
+    """The artifact store's errors while ``doing``: an outage (the store down, timing out, answering 5xx or
+    throttling) raises Unavailable, so the job waits in the queue for the store (``run_job``); anything else (a
+    wrong bucket, a missing key, refused credentials) fails the job, saying what it was doing."""
+    try:
+        yield
+    except s3_errors() as exc:
+        cause = s3_cause(exc)
+        if store_unavailable(cause, denied=False):
+            raise Unavailable(f"the artifact store cannot serve {doing} now ({type(cause).__name__}: {cause})") from exc
+        raise JobFailed(f"the artifact store refused {doing}: {cause}; check PROSPECT_ARTIFACT_URL, the bucket "
+                        "and the worker's credentials") from exc
 
 
 @dataclass(frozen=True)
@@ -342,9 +357,9 @@ class _Run:
         if "processes" not in job.config:
             config = dataclasses.replace(config, processes=self.settings.train_processes)
 
-        with self._phase("snapshot"):
+        with self._phase("snapshot"), store_phase("the job's snapshot"):
             snapshot = self._snapshot(job)
-        with self._phase("split"):
+        with self._phase("split"), store_phase("the job's snapshot"):
             split = split_snapshot(self._session, self.settings, snapshot, options)
         train_counts, heldout_counts = split.counts("train"), split.counts("heldout")
         log.info("job %s: snapshot %s -> train %s / held-out %s (%d prompts)", self.job_id, snapshot.id,
@@ -375,7 +390,7 @@ class _Run:
         with self._phase("load"):
             folder = local_folder(self.settings, base)  # a store-registered model: fetched once, then cached
             model, tokenizer = self._load_base(base, folder)
-        with self._phase("train"):
+        with self._phase("train"), store_phase("the job's snapshot and checkpoint"):  # pushes never raise
             result = self._train(live, model, tokenizer, split.train_rows, config,
                                  reload=lambda: self._load_base(base, folder)[0], base_path=str(folder))
         if result is None:
@@ -392,7 +407,8 @@ class _Run:
             gate = figures["gate"]
             figures["gate"] = {**gate, "would_pass": gate["passed"], "passed": None, "skipped": "force_publish"}
         elif not figures["gate"]["passed"]:
-            self._keep_refused(result)  # for POST /v1/jobs/{id}/publish (core.refused)
+            with store_phase("the refused adapter"):
+                self._keep_refused(result)  # for POST /v1/jobs/{id}/publish (core.refused)
             raise JobFailed(gate_refusal(figures["gate"]["reasons"], snapshot_id=snapshot.id), figures)
         if live.should_stop():
             return self._stopped(live)
@@ -401,7 +417,10 @@ class _Run:
         live.stop_heartbeat()  # publishing takes seconds; the fence, not the heartbeat, decides
         self._publish_started = time.perf_counter()
         try:
-            version = self._publish(job, base, snapshot, result, figures)
+            # The files are uploaded before the version row is inserted, and a failure rolls the row back: an
+            # outage here leaves no version, and the next delivery publishes afresh (fenced by its own claim).
+            with store_phase("the adapter's files"):
+                version = self._publish(job, base, snapshot, result, figures)
         except jobs.CancelRequested:
             log.info("job %s: cancelled just before its publish committed; nothing published", self.job_id)
             return self._stopped(live)

@@ -12,9 +12,9 @@
 - ``prospect.policies.tick``: queues jobs for due training policies.
 
 Only transient errors are retried, TRANSIENT_RETRIES times TRANSIENT_BACKOFF_S apart: the database
-unreachable (the job stays running, ours), or the object store down while the job fetched its base
-model (the job was put back in the queue: when the retries run out first, the reaper sends it again
-after ``PROSPECT_QUEUED_RESEND_S``).
+unreachable (the job stays running, ours), or an object store down while the job needed it (its base
+model, snapshot, checkpoint or publish: the job was put back in the queue; when the retries run out
+first, the reaper sends it again after ``PROSPECT_QUEUED_RESEND_S``).
 """
 
 from __future__ import annotations

@@ -127,3 +127,44 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interva
         time.sleep(interval)
     detail = on_timeout() if on_timeout else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail}")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: a store's endpoint there refuses every connection (an outage)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TaskRetries:
+    """``worker.tasks.run_job`` with its ``self.retry`` recorded and raised at once (no broker)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from worker import tasks
+
+        self.calls: list[dict] = []
+        monkeypatch.setattr(tasks.run_job, "retry", self._retry)
+
+    def _retry(self, **kwargs):
+        from celery.exceptions import Retry
+
+        self.calls.append(kwargs)
+        return Retry("retry", when=kwargs.get("countdown"))
+
+    def deliver(self, job_id: str) -> None:
+        """One delivery of the task, which the task retries as a transient outage (Unavailable)."""
+        import pytest
+        from celery.exceptions import Retry
+
+        from core.errors import Unavailable
+        from worker import tasks
+
+        before = len(self.calls)
+        with pytest.raises(Retry):
+            tasks.run_job(job_id)
+        assert len(self.calls) == before + 1
+        call = self.calls[-1]
+        assert (call["countdown"], call["max_retries"]) == (tasks.TRANSIENT_BACKOFF_S, tasks.TRANSIENT_RETRIES)
+        assert isinstance(call["exc"], Unavailable), call["exc"]

@@ -17,7 +17,14 @@ from core.db import session_scope
 from core.models import AlignmentJob
 from tests.s3kit import client, s3_settings
 from tests.tiny import build_tiny_model_dir
-from tests.worker.jobkit import TINY_CONFIG, api_keys, feedback_events, post_feedback
+from tests.worker.jobkit import (
+    TINY_CONFIG,
+    TaskRetries,
+    api_keys,
+    closed_port,
+    feedback_events,
+    post_feedback,
+)
 from worker.pipeline import run_job
 
 
@@ -154,36 +161,17 @@ def test_a_store_outage_during_the_fetch_requeues_the_job_and_the_task_retries_i
     """The store refusing connections while a job fetches its base model: the job goes back to the queue
     (its attempt given back) and the Celery task retries it like a database blip; with the store back the
     same job trains to the end. Before: the job failed for good, as if the model had been tampered with."""
-    import socket
-
-    from celery.exceptions import Retry
-
-    from core.errors import Unavailable
     from worker import tasks
 
     worker_host, _, _, pinned = stored_model
     up = worker_host.model_copy(update={"artifact_url": ""})  # artifacts on local disk: only the model is in S3
-    with socket.socket() as s:  # a loopback port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    down = up.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{closed}", "s3_max_attempts": 1})
+    down = up.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{closed_port()}", "s3_max_attempts": 1})
     current = {"settings": down}
     monkeypatch.setattr(tasks, "get_settings", lambda: current["settings"])
-    retries: list[dict] = []
-
-    def retry(**kwargs):
-        retries.append(kwargs)
-        return Retry("retry", when=kwargs.get("countdown"))
-
-    monkeypatch.setattr(tasks.run_job, "retry", retry)
+    retries = TaskRetries(monkeypatch)
     job_id = _job(engine)
-    for delivery in (1, 2):  # the outage outlasts a retry: each delivery puts the job back
-        with pytest.raises(Retry):
-            tasks.run_job(job_id)
-        assert len(retries) == delivery
-        assert retries[-1]["countdown"] == tasks.TRANSIENT_BACKOFF_S
-        assert retries[-1]["max_retries"] == tasks.TRANSIENT_RETRIES
-        assert isinstance(retries[-1]["exc"], Unavailable)
+    for _delivery in (1, 2):  # the outage outlasts a retry: each delivery puts the job back
+        retries.deliver(job_id)
         with session_scope(engine) as s:
             job = s.get(AlignmentJob, job_id)
             assert (job.status, job.attempts, job.claim_token, job.finished_at) == ("queued", 0, None, None)
