@@ -40,6 +40,7 @@ from core import jobs
 from core import metrics as telemetry
 from core.artifact_store import get_store, s3_cause, s3_errors, store_unavailable
 from core.base_models import local_folder
+from core.clock import db_now
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError, Unavailable
 from core.heldout import PromptCounts, assign_heldout, prompt_key
@@ -266,13 +267,16 @@ def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, wo
         claim = jobs.claim_job(s, job_id=job_id, worker=worker, heartbeat_timeout_s=settings.heartbeat_timeout_s)
         job = s.get(AlignmentJob, job_id)
         started_at, sent_at = job.started_at, job.enqueued_at or job.created_at
+        # The job's times are on the database's clock (core.clock); deadlines are checked on this host's.
+        db_clock = db_now(s)
+    offset = utcnow() - db_clock
     if claim.outcome != "run":
         log.info("job %s: %s (%s)", job_id, claim.outcome, claim.reason)
         return Outcome(claim.outcome, reason=claim.reason)
 
     run = _Run(job_id=job_id, settings=settings, engine=engine, token=claim.token, attempt=claim.attempt,
-               timings={"queue_wait": max(0.0, (utcnow() - sent_at).total_seconds())})
-    deadline = started_at + timedelta(seconds=settings.job_time_limit_s)
+               timings={"queue_wait": max(0.0, (db_clock - sent_at).total_seconds())})
+    deadline = started_at + timedelta(seconds=settings.job_time_limit_s) + offset
     with Liveness(engine, job_id=job_id, token=claim.token, interval_s=settings.heartbeat_interval_s,
                   deadline=deadline) as live:
         try:
@@ -306,7 +310,7 @@ def run_job(job_id: str, *, settings: Settings, engine: Engine | None = None, wo
             status = "failed"
         finally:
             run.release()
-    telemetry.job_ended(status, (utcnow() - started_at).total_seconds())
+    telemetry.job_ended(status, (utcnow() - offset - started_at).total_seconds())
     if status in jobs.TERMINAL:
         checkpoint_mirror(settings, job_id).remove()
     return Outcome("run", status=status)

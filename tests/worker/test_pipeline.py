@@ -278,6 +278,20 @@ def test_a_job_past_its_time_limit_fails_with_the_reason(stack):
     assert "ran past its wall-clock limit of 0.001 s (PROSPECT_JOB_TIME_LIMIT_S)" in job.error and n_versions == 0
 
 
+def test_a_worker_host_whose_clock_runs_ahead_keeps_its_time_limit(stack, monkeypatch):
+    """Job times are on the database's clock (core.clock); a host running an hour fast checks the limit
+    against its own clock shifted by the same offset, so a 30-minute limit is not already spent."""
+    import worker.pipeline
+
+    if stack["engine"].dialect.name != "postgresql":
+        pytest.skip("SQLite is one host's embedded file: its clock is that host's")
+    monkeypatch.setattr(worker.pipeline, "utcnow", lambda: utcnow() + timedelta(hours=1))
+    settings = stack["settings"].model_copy(update={"job_time_limit_s": 1800})
+    job_id = _job(stack["engine"])
+    assert run_job(job_id, settings=settings).status == "succeeded", _state(stack["engine"], job_id)[0].error
+    assert _state(stack["engine"], job_id)[0].timings["queue_wait"] < 600  # not the hour of skew
+
+
 def test_a_policy_job_starts_its_rollout_in_the_publish_commit(stack):
     from core.adapter_aliases import move_alias
     from core.policies import create_policy
