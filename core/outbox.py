@@ -20,8 +20,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.attribution import served_name
+from core.clock import db_now
 from core.db import lock_adapter
-from core.models import Delivery, Rollout, ServingTarget, new_id, utcnow
+from core.models import Delivery, Rollout, ServingTarget, new_id
 
 EVENTS = ("version.published", "alias.moved", "rollout.started", "rollout.decided")
 # Delivery ids written by this session and not yet sent; see pending_in().
@@ -51,7 +52,7 @@ def emit(
 ) -> list[Delivery]:
     """Queue ``event`` for every live target of ``adapter_name``; flushes, the caller commits."""
     assert event in EVENTS, event
-    now = now or utcnow()
+    now = now or db_now(session)  # one clock with the deliveries' leases (core.clock)
     # Numbers per target follow the commit order: every emitter of this adapter holds its lock until commit.
     lock_adapter(session, adapter_name)
     targets = session.scalars(select(ServingTarget).where(ServingTarget.adapter_name == adapter_name,

@@ -154,3 +154,27 @@ def test_worker_killed_after_the_commit_before_the_delivery_another_delivers_onc
     assert ok == [r.id for r in rows(engine)]  # each acknowledged once, in outbox order
     assert Counter(r["key"] for r in receiver.requests) == {hung[0]: 2, ok[1]: 1}
     assert {r.status for r in rows(engine)} == {"delivered"}
+
+
+def test_an_event_written_by_a_host_whose_clock_runs_ahead_is_due_at_once(api, tmp_path, monkeypatch):
+    """Outbox rows are dated on the database's clock (core.clock), like the deliveries' leases: an API host
+    running 10 minutes fast does not hold its events back from a worker with a correct clock."""
+    import core.models
+    import core.outbox
+
+    client, h = api
+    engine, settings = client.app.state.engine, client.app.state.settings
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite is one host's embedded file: its clock is that host's")
+    receiver = Receiver()
+    try:
+        add_target(client, h, receiver.url)
+        with monkeypatch.context() as m:
+            for module in (core.outbox, core.models):
+                m.setattr(module, "utcnow", lambda: utcnow() + timedelta(minutes=10), raising=False)
+            publish(client, tmp_path, 1)  # version.published and alias.moved latest, on the fast host
+        ordered = [d.id for d in rows(engine)]
+        assert len(ordered) == 2
+        assert delivery.deliver_due(engine, settings=settings) == {i: "delivered" for i in ordered}
+    finally:
+        receiver.close()
