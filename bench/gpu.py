@@ -1,6 +1,7 @@
 """The GPU measurements in one run: Prospect vs TRL's KTOTrainer in bf16 on CUDA, on SmolLM2-135M's
 architecture and on a 1B-class decoder, plus Prospect alone with gradient checkpointing and with an
-NF4-quantized base (QLoRA) on the 1B model. One JSON file per measurement under ``--out``.
+NF4-quantized base (QLoRA) on the 1B model. One JSON file per measurement under ``--out`` (at most 7, plus
+the device script's log: the device returns at most 8 files).
 
     python bench/gpu.py --out DIR [--models smollm2,llama-1b] [--tokenizer DIR] [--budget-s 540]
     python bench/gpu.py --out /tmp/gpu --models tiny        # the same flow on a CPU, in a minute or two
@@ -14,6 +15,8 @@ values):
   with the bundled tokenizer's 49,152-token vocabulary instead of Llama's 128k: 1.07B parameters.
 - ``tiny``: the test suite's tiny Llama (tests/tiny.py), to check this script on a CPU.
 
+A preflight comes first when the big models are asked for: the whole comparison on the tiny model, one
+nf4 run included, so that a broken install stops the run within a minute instead of after the 1B build.
 Each measurement is ``bench/train.py`` in its own subprocess (its JSON line, plus MFU) with max length
 1024 and prompts/completions of up to 300 words each (~60-450 tokens each). MFU = 6 x N x tokens/s /
 peak, N = the model's parameters (tied embeddings counted once) and peak = the GPU's dense bf16 FLOP/s
@@ -101,6 +104,8 @@ def with_mfu(result: dict, params: int, peak_tflops: float) -> dict:
 def plan(models: list[str]) -> list[tuple[str, str, list[str]]]:
     """(file name, model, bench/train.py arguments) in the order they run: the comparisons first."""
     steps = [(f"train-{m}", m, []) for m in models]
+    if models != ["tiny"]:  # a minute on the tiny model first: a broken install stops before the big runs
+        steps.insert(0, ("preflight-tiny", "tiny", ["--override", "quantization=nf4"]))
     big = "llama-1b" if "llama-1b" in models else models[-1]
     steps.append((f"checkpointing-{big}", big, ["--only", "prospect", "--override", "gradient_checkpointing=true"]))
     steps.append((f"nf4-{big}", big, ["--only", "prospect", "--override", "quantization=nf4"]))
@@ -114,6 +119,12 @@ def environment() -> dict:
 
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
             "cuda": torch.version.cuda, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    try:  # the clocks and driver, as the device reports them
+        info["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm", "--format=csv"],
+            capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        info["nvidia_smi"] = None
     for name in ("peft", "trl", "datasets", "bitsandbytes"):
         try:
             info[name] = __import__(name).__version__
@@ -161,6 +172,8 @@ def main() -> None:
                           args.peak_tflops)
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result), flush=True)
+        if name.startswith("preflight") and "error" in result:
+            raise SystemExit(f"preflight failed ({result['error']}): see {args.out / name}.json")
     log.info("done in %.0f s", time.monotonic() - started)
 
 

@@ -8,6 +8,5 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-var/gpu-bench}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/nvidia-smi.csv" 2>&1
 python3 bench/gpu.py --out "$OUT" --tokenizer .gpu/tokenizer --budget-s "${BUDGET_S:-500}" "$@" 2>&1 \
     | tee "$OUT/log.txt"
