@@ -13,6 +13,11 @@ redelivered job (worker killed, task redelivered or re-queued by the reaper)
 keeps its snapshot and resumes from its last checkpoint under
 ``<data>/checkpoints/<job id>``, fetched from the artifact store when another host wrote it
 (``worker.checkpoints``).
+
+Beside this module: ``worker.heldout_split`` (the split and the gate's held-out
+figures), ``worker.liveness`` (the heartbeat thread and the stop checks),
+``worker.job_errors`` (``JobFailed`` and the artifact store's errors per phase)
+and ``worker.job_dirs`` (where a job's files live on this host).
 """
 
 from __future__ import annotations
@@ -22,64 +27,38 @@ import dataclasses
 import functools
 import gc
 import logging
-import math
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from core import jobs
 from core import metrics as telemetry
-from core.artifact_store import get_store, s3_cause, s3_errors, store_unavailable
 from core.base_models import local_folder
 from core.clock import db_now
 from core.db import get_engine, session_factory, session_scope
 from core.errors import DomainError, Unavailable
-from core.heldout import PromptCounts, assign_heldout, prompt_key
 from core.models import AlignmentJob, BaseModelRecord, Snapshot, utcnow
 from core.refused import keep_refused
 from core.settings import Settings
-from core.snapshots import create_snapshot, get_snapshot, iter_snapshot_rows
-from worker.checkpoints import CheckpointMirror
-from worker.gate import HeldoutRow
+from core.snapshots import create_snapshot, get_snapshot
 from worker.gate import bootstrap as gate_bootstrap
 from worker.gate import decide as gate_decide
 from worker.gate import refusal_message as gate_refusal
+from worker.heldout_split import Split, gate_rows, heldout_shortfall, reference_figures, split_snapshot
+from worker.job_dirs import checkpoint_mirror, distributed_dir, staging_dir
+from worker.job_errors import JobFailed, store_phase
+from worker.liveness import Liveness
 from worker.warm import process_cache
 
 log = logging.getLogger(__name__)
-
-
-class JobFailed(Exception):
-    """The job cannot succeed; ``message`` (and ``figures``) go to the job record."""
-
-    def __init__(self, message: str, figures: dict | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.figures = figures
-
-
-@contextmanager
-def store_phase(doing: str) -> Iterator[None]:
-    """The artifact store's errors while ``doing``: an outage (the store down, timing out, answering 5xx or
-    throttling) raises Unavailable, so the job waits in the queue for the store (``run_job``); anything else (a
-    wrong bucket, a missing key, refused credentials) fails the job, saying what it was doing."""
-    try:
-        yield
-    except s3_errors() as exc:
-        cause = s3_cause(exc)
-        if store_unavailable(cause, denied=False):
-            raise Unavailable(f"the artifact store cannot serve {doing} now ({type(cause).__name__}: {cause})") from exc
-        raise JobFailed(f"the artifact store refused {doing}: {cause}; check PROSPECT_ARTIFACT_URL, the bucket "
-                        "and the worker's credentials") from exc
 
 
 @dataclass(frozen=True)
@@ -89,170 +68,6 @@ class Outcome:
     claim: str
     status: str | None = None
     reason: str = ""
-
-
-def checkpoint_dir(settings: Settings, job_id: str) -> Path:
-    """Per job: a later attempt (on this host, or another one through the artifact store) resumes from it."""
-    return settings.data_path / "checkpoints" / job_id
-
-
-def checkpoint_mirror(settings: Settings, job_id: str) -> CheckpointMirror:
-    return CheckpointMirror(get_store(settings), job_id, checkpoint_dir(settings, job_id))
-
-
-def staging_dir(settings: Settings, job_id: str, token: str) -> Path:
-    """Per attempt: a reaped-but-alive delivery and the new holder never share it."""
-    return settings.data_path / "staging" / f"job-{job_id}-{token}"
-
-
-def distributed_dir(settings: Settings, job_id: str, token: str) -> Path:
-    """torchrun's work folder, per attempt too: each delivery empties it before and removes it after."""
-    return settings.data_path / "distributed" / f"{job_id}-{token}"
-
-
-# ---------------------------------------------------------------- the split
-
-
-@dataclass
-class Split:
-    """The held-out rows (kept: the gate scores them) and the training rows' counts; the training
-    rows themselves are streamed from the snapshot file when training tokenises them."""
-
-    heldout: list[dict]
-    heldout_keys: list[str]  # the prompt key of each held-out row (the gate resamples by prompt)
-    train_counts: dict[str, int]
-    _rows: Callable[[], Iterator[dict]]
-    _held: set[str]
-
-    def counts(self, which: str) -> dict[str, int]:
-        if which == "train":
-            return dict(self.train_counts)
-        n_d = sum(1 for r in self.heldout if r["label"])
-        return {"desirable": n_d, "undesirable": len(self.heldout) - n_d}
-
-    def train_rows(self) -> Iterator[dict]:
-        return (row for row in self._rows() if prompt_key(row["prompt"]) not in self._held)
-
-
-def split_snapshot(session_scope_fn, settings: Settings, snapshot: Snapshot, options: jobs.JobOptions) -> Split:
-    """Train and held-out rows of a snapshot (``core.heldout``: by prompt, stratified, kept).
-
-    The file is streamed: once for the per-prompt class counts that the split
-    needs, once for the held-out rows, and once more when training reads its rows.
-    """
-    counts = PromptCounts.of(iter_snapshot_rows(settings, snapshot))
-    with session_scope_fn() as s:
-        held = assign_heldout(s, counts, heldout_fraction=options.heldout_fraction,
-                              min_per_class=options.gate_min_heldout_per_class)
-    n_u, n_d = counts.totals(k for k in counts.by_key if k not in held)
-    split = Split([], [], {"desirable": n_d, "undesirable": n_u}, lambda: iter_snapshot_rows(settings, snapshot), held)
-    for row in iter_snapshot_rows(settings, snapshot):
-        key = prompt_key(row["prompt"])
-        if key in held:
-            split.heldout.append(row)
-            split.heldout_keys.append(key)
-    return split
-
-
-def heldout_shortfall(split: Split, options: jobs.JobOptions) -> str | None:
-    """Why the held-out rows cannot support a gate decision, with how much more feedback it takes."""
-    have = split.counts("heldout")
-    need = options.gate_min_heldout_per_class
-    short = {cls: need - n for cls, n in have.items() if n < need}
-    if not short:
-        return None
-    more = ", ".join(
-        f"about {math.ceil(n / options.heldout_fraction)} more thumbs-{'up' if cls == 'desirable' else 'down'}"
-        for cls, n in short.items()
-    )
-    return (f"the held-out rows hold {have['desirable']} thumbs-up and {have['undesirable']} thumbs-down; the gate "
-            f"needs at least {need} of each (gate_min_heldout_per_class): collect {more} on new prompts "
-            f"({options.heldout_fraction:g} of new prompts are held out), or set force_publish")
-
-
-def reference_figures(heldout: list[dict], desirable: float, undesirable: float) -> dict:
-    """Held-out figures of the reference itself: it is the policy with r = 0 on every row, so
-    z0 = 0 and each row's loss is lambda/2; rewards and margin are 0 and no row counts as right."""
-    n_d = sum(1 for r in heldout if r["label"])
-    n_u = len(heldout) - n_d
-    return {
-        "n": len(heldout),
-        "loss": (desirable * n_d + undesirable * n_u) / (2 * len(heldout)),
-        "kl": 0.0,
-        "reward_desirable": 0.0 if n_d else None,
-        "reward_undesirable": 0.0 if n_u else None,
-        "reward_margin": 0.0 if n_d and n_u else None,
-        "accuracy": 0.0,
-    }
-
-
-def gate_rows(split: Split, examples: dict, weights) -> list[HeldoutRow]:
-    lam = {True: weights.desirable, False: weights.undesirable}
-    return [HeldoutRow(key, label, loss, lam[label] / 2, reward) for key, label, loss, reward
-            in zip(split.heldout_keys, examples["label"], examples["loss"], examples["reward"], strict=True)]
-
-
-# ---------------------------------------------------------------- liveness
-
-
-class Liveness:
-    """Heartbeat thread + stop checks for one running delivery.
-
-    The thread proves the worker is alive even during long phases without
-    steps (loading, reference log-probs, evaluation). ``should_stop`` is asked
-    before every training step: it says stop when a cancel was requested, the
-    job was taken from this delivery (reaped), the job's wall-clock limit has
-    passed, or the database cannot be reached (then the task retries and the
-    next attempt resumes from the checkpoint, rather than training blind).
-    """
-
-    def __init__(self, engine: Engine, *, job_id: str, token: str, interval_s: float, deadline: datetime) -> None:
-        self.engine, self.job_id, self.token, self.interval_s = engine, job_id, token, interval_s
-        self.deadline = deadline
-        self.lost: str | None = None
-        self.unreachable: OperationalError | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop_heartbeat()
-
-    def stop_heartbeat(self) -> None:
-        """Before the publish: from its commit on the job is no longer ours to beat for."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                with session_scope(self.engine) as s:
-                    jobs.heartbeat(s, job_id=self.job_id, token=self.token)
-            except jobs.LostClaim as exc:
-                self.lost = exc.message
-                log.warning("job %s: %s; stopping", self.job_id, exc.message)
-                return
-            except OperationalError as exc:  # the database blinked: try again next beat
-                log.warning("job %s: heartbeat failed: %s", self.job_id, exc.orig)
-
-    @property
-    def timed_out(self) -> bool:
-        return utcnow() > self.deadline
-
-    def should_stop(self) -> bool:
-        if self.lost or self.timed_out:
-            return True
-        try:
-            with session_scope(self.engine) as s:
-                return jobs.is_cancel_requested(s, job_id=self.job_id)
-        except OperationalError as exc:
-            log.warning("job %s: cannot read the cancel flag (%s); stopping this delivery", self.job_id, exc.orig)
-            self.unreachable = exc
-            return True
 
 
 # ---------------------------------------------------------------- the job

@@ -299,6 +299,7 @@ def test_heartbeats_and_the_reaper_share_the_database_clock(engine, base_model, 
     """A worker host whose clock runs 10 minutes slow is alive; the reaper on a correct host must not take
     its job over (on host clocks its heartbeat looked 10 minutes old)."""
     import core.clock
+    import core.job_claims
     import core.models
     from core.clock import db_now
 
@@ -310,7 +311,7 @@ def test_heartbeats_and_the_reaper_share_the_database_clock(engine, base_model, 
         return utcnow() - timedelta(minutes=10)
 
     with monkeypatch.context() as m:  # the worker host
-        for module in (jobs, core.models, core.clock):
+        for module in (jobs, core.job_claims, core.models, core.clock):
             m.setattr(module, "utcnow", slow, raising=False)
         claim = _claim(engine, job_id)
         with session_scope(engine) as s:

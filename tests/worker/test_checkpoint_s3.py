@@ -19,8 +19,9 @@ from core.models import AdapterVersion, AlignmentJob, utcnow
 from tests.s3kit import s3_settings
 from tests.tiny import build_tiny_model_dir
 from tests.worker.jobkit import TINY_CONFIG, api_keys, feedback_events, post_feedback
-from worker import pipeline
-from worker.pipeline import _Run, checkpoint_dir, run_job
+from worker.checkpoints import CheckpointMirror
+from worker.job_dirs import checkpoint_dir
+from worker.pipeline import _Run, run_job
 
 
 class WorkerDied(BaseException):
@@ -95,7 +96,7 @@ def test_a_job_resumes_on_another_host_from_the_store(hosts, engine, monkeypatch
 def test_without_the_store_copy_another_host_starts_afresh(hosts, engine, monkeypatch):
     """The same crash, with the checkpoint left only on host A's disk (the local store's behaviour)."""
     a, b = hosts
-    monkeypatch.setattr(pipeline.CheckpointMirror, "push", lambda self, file: None)
+    monkeypatch.setattr(CheckpointMirror, "push", lambda self, file: None)
     job_id = _dies_on_host_a(engine, a, monkeypatch)
     with session_scope(engine) as s:
         jobs.reap_stale_jobs(s, heartbeat_timeout_s=a.heartbeat_timeout_s,

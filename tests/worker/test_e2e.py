@@ -30,7 +30,8 @@ from core.settings import Settings
 from tests.conftest import NO_PG, NO_REDIS, PG_URL, REDIS_URL, create_pg_database, drop_pg_database
 from tests.tiny import build_tiny_model_dir
 from tests.worker.jobkit import TINY_CONFIG, Worker, api_keys, feedback_events, post_feedback, wait_for
-from worker.pipeline import checkpoint_dir, split_snapshot
+from worker.heldout_split import split_snapshot
+from worker.job_dirs import checkpoint_dir
 
 JOB_TIMEOUT_S = 240
 

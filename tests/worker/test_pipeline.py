@@ -20,7 +20,10 @@ from core.db import session_scope
 from core.models import AdapterVersion, AliasHistory, AlignmentJob, JobMetric, Snapshot, utcnow
 from tests.tiny import build_tiny_model_dir
 from tests.worker.jobkit import TINY_CONFIG, api_keys, feedback_events, post_feedback
-from worker.pipeline import Liveness, _Run, checkpoint_dir, run_job, split_snapshot
+from worker.heldout_split import split_snapshot
+from worker.job_dirs import checkpoint_dir
+from worker.liveness import Liveness
+from worker.pipeline import _Run, run_job
 
 
 @pytest.fixture(scope="session")
@@ -281,11 +284,13 @@ def test_a_job_past_its_time_limit_fails_with_the_reason(stack):
 def test_a_worker_host_whose_clock_runs_ahead_keeps_its_time_limit(stack, monkeypatch):
     """Job times are on the database's clock (core.clock); a host running an hour fast checks the limit
     against its own clock shifted by the same offset, so a 30-minute limit is not already spent."""
+    import worker.liveness
     import worker.pipeline
 
     if stack["engine"].dialect.name != "postgresql":
         pytest.skip("SQLite is one host's embedded file: its clock is that host's")
-    monkeypatch.setattr(worker.pipeline, "utcnow", lambda: utcnow() + timedelta(hours=1))
+    for module in (worker.pipeline, worker.liveness):  # the deadline is set in one, checked in the other
+        monkeypatch.setattr(module, "utcnow", lambda: utcnow() + timedelta(hours=1))
     settings = stack["settings"].model_copy(update={"job_time_limit_s": 1800})
     job_id = _job(stack["engine"])
     assert run_job(job_id, settings=settings).status == "succeeded", _state(stack["engine"], job_id)[0].error

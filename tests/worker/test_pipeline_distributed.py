@@ -16,7 +16,8 @@ from core.models import utcnow
 from tests.processes import alive
 from tests.worker.jobkit import TINY_CONFIG
 from tests.worker.test_pipeline import _job, _state, stack, tiny_dir  # noqa: F401 - fixtures
-from worker.pipeline import checkpoint_dir, run_job
+from worker.job_dirs import checkpoint_dir
+from worker.pipeline import run_job
 
 
 @pytest.mark.slow

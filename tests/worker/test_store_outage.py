@@ -23,6 +23,7 @@ from tests.tiny import build_tiny_model_dir
 from tests.worker import jobkit
 from worker import pipeline
 from worker.checkpoints import CheckpointMirror
+from worker.job_dirs import checkpoint_dir
 from worker.pipeline import _Run, run_job
 
 
@@ -225,7 +226,7 @@ def test_checkpoint_uploads_and_the_final_delete_failing_do_not_stop_the_job(hos
     messages = [r.getMessage() for r in caplog.records]
     assert sum("could not upload its checkpoint" in m for m in messages) == 2, messages
     assert sum("could not delete its checkpoint" in m for m in messages) == 1, messages
-    assert not pipeline.checkpoint_dir(up, job_id).exists()  # the local copy is gone all the same
+    assert not checkpoint_dir(up, job_id).exists()  # the local copy is gone all the same
 
 
 def test_a_wrong_bucket_fails_the_job_for_good_with_a_clear_message(host, engine):
