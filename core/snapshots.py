@@ -80,6 +80,15 @@ class SnapshotFilters(BaseModel):
             return None
         return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
 
+    @field_validator("model", "metadata")
+    @classmethod
+    def _no_nul(cls, v: Any) -> Any:
+        # Stored with the snapshot as JSON: PostgreSQL's jsonb refuses U+0000, which would be a 500.
+        texts = [v] if isinstance(v, str) else [t for kv in (v or {}).items() for t in kv if isinstance(t, str)]
+        if any("\x00" in t for t in texts):
+            raise ValueError("must not contain NUL (\\u0000) characters")
+        return v
+
     @model_validator(mode="after")
     def _window(self) -> SnapshotFilters:
         if self.since and self.until and self.since >= self.until:
