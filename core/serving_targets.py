@@ -90,9 +90,9 @@ def delete_target(session: Session, *, target_id: str) -> ServingTarget:
 
 def list_deliveries(session: Session, *, target_id: str, status: str | None = None,
                     limit: int = 100) -> list[Delivery]:
-    """Newest first; a deleted target's deliveries stay listable."""
-    if session.get(ServingTarget, target_id) is None:
-        raise NotFound(f"no serving target with id {target_id!r}")
+    """Newest first. A deleted target is gone from the API with its deliveries (404, as for the target:
+    a client must not read a deleted resource's parts); the rows stay in the database."""
+    get_target(session, target_id=target_id)
     stmt = select(Delivery).where(Delivery.target_id == target_id)
     if status is not None:
         stmt = stmt.where(Delivery.status == status)

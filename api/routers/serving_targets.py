@@ -46,7 +46,7 @@ def get_target(target_id: TargetId, session: SessionDep, _: AdminKey) -> dict:
 
 @router.delete("/{target_id}", status_code=204, summary="Delete a target", responses=ERRORS)
 def delete_target(target_id: TargetId, session: SessionDep, _: AdminKey) -> Response:
-    """It hears nothing more; pending deliveries end failed; its deliveries stay listable."""
+    """It hears nothing more; pending deliveries end failed; the target and its deliveries then answer 404."""
     serving_targets.delete_target(session, target_id=target_id)
     session.commit()
     return Response(status_code=204)
