@@ -24,26 +24,34 @@ import torch.nn.functional as F
 CHUNK_TOKENS = 1024  # rows of the (chunk, V) logits block: 200 MB in fp32 at V = 49k
 
 
+def _chunked(states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, *,
+             want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """((N,) fp32 log-probs, (N, H) d logp / d states or None), one (chunk, V) logits block at a time.
+
+    states (N, H) in the model's dtype, weight (V, H) in the same dtype, targets (N,) long.
+    """
+    out = torch.empty(states.shape[0], dtype=torch.float32, device=states.device)
+    grad_states = torch.empty_like(states) if want_grad else None
+    for start in range(0, states.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        logits = (states[rows] @ weight.T).float()  # (c, V)
+        logps = torch.log_softmax(logits, dim=-1)
+        out[rows] = logps.gather(-1, targets[rows, None]).squeeze(-1)
+        if want_grad:
+            # d logp / d logits = onehot(y) - softmax; then back through the head.
+            probs = logps.exp_().neg_()
+            probs.scatter_add_(-1, targets[rows, None], torch.ones_like(out[rows, None]))
+            grad_states[rows] = (probs.to(weight.dtype) @ weight).to(states.dtype)
+    return out, grad_states
+
+
 class CompletionLogps(torch.autograd.Function):
     """(N,) fp32 log p(targets | states) through a bias-free, frozen ``weight`` (V, H)."""
 
     @staticmethod
     def forward(ctx, states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
-        # states (N, H) in the model's dtype, weight (V, H) same dtype, targets (N,) long.
-        want_grad = ctx.needs_input_grad[0]
-        out = torch.empty(states.shape[0], dtype=torch.float32, device=states.device)
-        grad_states = torch.empty_like(states) if want_grad else None
-        for start in range(0, states.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            logits = (states[rows] @ weight.T).float()  # (c, V)
-            logps = torch.log_softmax(logits, dim=-1)
-            out[rows] = logps.gather(-1, targets[rows, None]).squeeze(-1)
-            if want_grad:
-                # d logp / d logits = onehot(y) - softmax; then back through the head.
-                probs = logps.exp_().neg_()
-                probs.scatter_add_(-1, targets[rows, None], torch.ones_like(out[rows, None]))
-                grad_states[rows] = (probs.to(weight.dtype) @ weight).to(states.dtype)
-        ctx.save_for_backward(grad_states if want_grad else None)
+        out, grad_states = _chunked(states, weight, targets, chunk, want_grad=ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad_states)
         return out
 
     @staticmethod
@@ -66,14 +74,5 @@ def token_logps(head, states: torch.Tensor, targets: torch.Tensor, *, chunk: int
         return -F.cross_entropy(head(states).float(), targets, reduction="none")
     if not torch.is_grad_enabled() or not states.requires_grad:
         with torch.no_grad():
-            return CompletionLogps.forward(_NoCtx(), states, weight, targets, chunk)
+            return _chunked(states, weight, targets, chunk, want_grad=False)[0]
     return CompletionLogps.apply(states, weight, targets, chunk)
-
-
-class _NoCtx:
-    """A stand-in for autograd's ctx when nothing needs a gradient."""
-
-    needs_input_grad = (False, False, False, False)
-
-    def save_for_backward(self, *tensors):
-        pass

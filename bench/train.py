@@ -97,17 +97,16 @@ def _text(rng: random.Random, words: int, *, question: bool) -> str:
     return " ".join(sentences)
 
 
-def synthetic_rows(n: int, tokenizer, *, max_length: int, seed: int = 0, prompt_words: int = 80,
-                   completion_words: int = 110) -> list[dict]:
-    """Deterministic chat-like rows (see the module docstring for the distribution); ``prompt_words`` and
-    ``completion_words`` are the upper ends of the uniform word counts."""
+def synthetic_rows(n: int, tokenizer, *, max_length: int, seed: int = 0, most_prompt_words: int = 80,
+                   most_completion_words: int = 110) -> list[dict]:
+    """Deterministic chat-like rows (see the module docstring for the distribution); the word counts are
+    uniform from 5 to ``most_prompt_words`` and ``most_completion_words``."""
     from alignment.data import tokenize_rows
 
     rng = random.Random(seed)
     rows = []
-    most_prompt, most_completion = prompt_words, completion_words
     for i in range(n):
-        prompt_words, completion_words = rng.randint(5, most_prompt), rng.randint(5, most_completion)
+        prompt_words, completion_words = rng.randint(5, most_prompt_words), rng.randint(5, most_completion_words)
         label = rng.random() < 0.5 if i >= 2 else i == 0  # both classes in the first batch
         while True:
             prompt = _text(random.Random(f"{seed}:p{i}"), prompt_words, question=True)
@@ -445,7 +444,7 @@ def main() -> None:
             folder = model_dir("smollm2", ROOT / "var/models/smollm2-135m-instruct")
         tokenizer = AutoTokenizer.from_pretrained(folder)
         rows = synthetic_rows(args.steps * args.batch, tokenizer, max_length=args.max_length,
-                              prompt_words=args.prompt_words, completion_words=args.completion_words)
+                              most_prompt_words=args.prompt_words, most_completion_words=args.completion_words)
         overrides = {"dtype": "bfloat16"} if args.cpu_bf16 else {}
         overrides.update(_overrides(args.override))
         spec = {"model_dir": str(folder), "rows": rows, "steps": args.steps, "batch": args.batch,
